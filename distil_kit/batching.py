@@ -1,0 +1,124 @@
+"""From a tokenized split to batches: the Dataset, the trimming collate and the seeded epoch samplers.
+
+A sampler yields *keys*: ``(row, weight)``. ``weight`` is the row's share of the global batch loss times the
+world size (DDP averages gradients over ranks), so the summed weighted loss on every rank averages to the
+mean loss over the global batch, however unevenly the last batch splits across ranks. A rank left without a
+row gets a filler row of weight 0, so that every rank runs the same number of steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data import Split
+
+
+class Batch(NamedTuple):
+    input_ids: torch.Tensor  # [B, L'] with L' the longest real row, rounded up to a multiple
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    idx: torch.Tensor  # dev/train row ids, for predictions and sample accounting
+    weight: torch.Tensor  # per-row loss weight (see module docstring)
+    n_rows: int  # real rows (filler rows excluded)
+    n_tokens: int  # real tokens of the real rows
+
+
+class SplitDataset(Dataset):
+    """Rows of a tokenized split, whatever its padded width L."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key):
+        row, weight = key if isinstance(key, tuple) else (key, 1.0)
+        s = self.split
+        return s.input_ids[row], s.attention_mask[row], s.label[row], s.idx[row], weight
+
+
+class TrimCollate:
+    """Stack rows and cut the padding every row of the batch shares: a 512-padded FlagPerf file then costs no
+    more than a compact one. ``pad_to_multiple_of`` rounds the width up (8 suits tensor cores)."""
+
+    def __init__(self, pad_to_multiple_of: int = 1):
+        self.multiple = max(1, int(pad_to_multiple_of))
+
+    def __call__(self, rows) -> Batch:
+        ids, mask, label, idx, weight = zip(*rows)
+        ids, mask = np.stack(ids), np.stack(mask)
+        lengths = mask.sum(axis=1)
+        width = min(ids.shape[1], math.ceil(int(lengths.max()) / self.multiple) * self.multiple)
+        weight = np.asarray(weight, dtype=np.float32)
+        real = weight > 0
+        return Batch(input_ids=torch.from_numpy(np.ascontiguousarray(ids[:, :width])),
+                     attention_mask=torch.from_numpy(np.ascontiguousarray(mask[:, :width])),
+                     labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
+                     idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
+                     weight=torch.from_numpy(weight),
+                     n_rows=int(real.sum()), n_tokens=int(lengths[real].sum()))
+
+
+class EpochBatches:
+    """Seeded training batches for one rank: every row exactly once per epoch across all ranks.
+
+    Plain: a random permutation of the rows (seeded by ``seed`` and the epoch) cut into global batches of
+    ``batch_size * world_size`` rows. Bucketed: the permutation is cut into chunks of ``chunk_batches`` global
+    batches, each chunk sorted by length and cut into batches, and the batches shuffled, so batches hold rows of
+    similar length (little padding) while the epoch stays a seeded random order. Each global batch is then split
+    into ``world_size`` contiguous parts; this rank takes part ``rank``.
+
+    ``set_epoch(epoch, skip)`` selects the epoch and skips its first ``skip`` batches (to resume mid-epoch).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, *, bucketed: bool = False,
+                 rank: int = 0, world_size: int = 1, chunk_batches: int = 64):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.bucketed = batch_size, seed, bucketed
+        self.rank, self.world_size, self.chunk_batches = rank, world_size, chunk_batches
+        self.epoch, self.skip = 0, 0
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.global_batch_size)
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every rank's rows of each batch of ``epoch``, in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        gbs = self.global_batch_size
+        if not self.bucketed:
+            return [order[i:i + gbs] for i in range(0, len(order), gbs)]
+        batches = []
+        chunk = gbs * self.chunk_batches
+        for start in range(0, len(order), chunk):
+            rows = order[start:start + chunk]
+            rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+            batches += [rows[i:i + gbs] for i in range(0, len(rows), gbs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        for rows in self.global_batches(self.epoch)[self.skip:]:
+            part = np.array_split(rows, self.world_size)[self.rank]
+            if len(part) == 0:  # fewer rows than ranks in the last batch: a filler row that adds nothing
+                yield [(int(rows[0]), 0.0)]
+            else:
+                weight = self.world_size / len(rows)
+                yield [(int(r), weight) for r in part]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Dev rows sorted by length (little padding) and dealt to ranks: each row scored exactly once."""
+    order = np.argsort(np.asarray(lengths), kind="stable")[rank::world_size]
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]

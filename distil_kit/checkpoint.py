@@ -1,0 +1,56 @@
+"""Resumable checkpoints: every piece of state a run needs to continue exactly, written atomically."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import write_atomic
+from .errors import KitError
+
+KEEP = 2
+_NAME = re.compile(r"step-(\d+)\.pt$")
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files, oldest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := _NAME.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save(state: dict, folder: Path, step: int) -> Path:
+    """Write ``step-<step>.pt`` (temporary file, then rename) and keep the newest ``KEEP`` checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_atomic(folder / f"step-{step}.pt", lambda tmp: torch.save(state, tmp))
+    for old in checkpoints(folder)[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(folder: Path) -> tuple[dict, Path]:
+    """The newest checkpoint that loads; an unreadable one (truncated, say) falls back to the one before."""
+    tried = []
+    for path in reversed(checkpoints(folder)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False), path
+        except Exception as e:  # a truncated zip raises RuntimeError, EOFError or pickle errors, by version
+            tried.append(f"{path.name} ({type(e).__name__})")
+    if not tried:
+        raise KitError(f"{folder}: no checkpoint to resume from")
+    raise KitError(f"{folder}: no readable checkpoint (tried {', '.join(tried)}); start over with overwrite: true")

@@ -1,0 +1,157 @@
+"""``RunConfig``: every parameter of a fine-tuning run, its default, type and help; loading and validation.
+
+Built from a dict (papermill parameters), a YAML file, or CLI ``--set key=value`` strings. Unknown keys and
+wrong types are rejected with a one-line error naming the parameter. ``None`` on a switch means "decided at run
+time" (by ``fast`` and the device); the run's ``config.json`` records the resolved values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import KitError
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def _p(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    model: str | None = _p(None, "hub id or local folder; default distilbert-base-uncased, or <data_dir>/model "
+                                 "when data_dir is a FlagPerf data folder that has one")
+    data_dir: str = _p("", "npz folder (FlagPerf layout) or GLUE TSV folder; empty: the hub")
+    output_dir: str = _p("", "run folder; empty: runs/<timestamp>")
+    epochs: int = _p(10, "maximum epochs (FlagPerf: 10)")
+    train_batch_size: int = _p(32, "training rows per device per micro-batch")
+    eval_batch_size: int = _p(128, "dev rows per evaluation batch")
+    lr: float = _p(5e-5, "AdamW learning rate, decayed linearly to 0 with no warm-up")
+    weight_decay: float = _p(0.0, "AdamW weight decay (never on biases and LayerNorm weights)")
+    gradient_accumulation_steps: int = _p(1, "micro-batches per optimizer step")
+    target_acc: float | None = _p(0.91, "stop once dev accuracy reaches this; null: never stop early")
+    seed: int = _p(0, "seed for initialisation, data order and dropout")
+    precision: str | None = _p(None, "fp32, tf32, bf16 or fp16 (fp16 with a grad scaler); default fp32, "
+                                     "or bf16 when fast and the device supports it")
+    device: str = _p("auto", "auto, cpu, cuda or cuda:N")
+    max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
+    num_workers: int = _p(0, "DataLoader worker processes")
+    save_model: bool = _p(True, "save the fine-tuned model and tokenizer into <output_dir>/model")
+    log_every: int = _p(10, "optimizer steps per steps.csv row (the only host sync of the loss)")
+    checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
+    resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
+    overwrite: bool = _p(False, "replace a run already in output_dir")
+    fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, bf16, fused AdamW, compile on GPU")
+    bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
+    pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
+    fused_adamw: bool | None = _p(None, "fused AdamW kernel; default: fast and on GPU")
+    compile: bool | None = _p(None, "torch.compile the model (compile time reported apart); default: fast and on GPU")
+    cuda_graphs: bool | None = _p(None, "CUDA graphs for the padded shapes (needs compile); default: compile on GPU")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "parameters") -> "RunConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise KitError(f"{source}: unknown parameter {unknown[0]!r}; known: {', '.join(cls.field_names())}")
+        hints = typing.get_type_hints(cls)
+        checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+        config = cls(**checked)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path) -> "RunConfig":
+        return cls.from_dict(read_yaml(path), source=str(path))
+
+    def replace(self, **changes) -> "RunConfig":
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, expected: str):
+            if not ok:
+                raise KitError(f"parameter {name!r}={getattr(self, name)!r}: expected {expected}")
+
+        for name in ("epochs", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
+            need(getattr(self, name) > 0, name, "a whole number > 0")
+        need(self.lr > 0, "lr", "a number > 0")
+        need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(self.target_acc is None or 0 < self.target_acc <= 1, "target_acc", "a number in (0, 1] or null")
+        need(self.precision is None or self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and
+             self.device[5:].isdigit(), "device", "auto, cpu, cuda or cuda:N")
+        need(self.max_train_samples is None or self.max_train_samples > 0, "max_train_samples", "a whole number > 0 or null")
+        need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
+        need(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0")
+        need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(name: str, value, hint):
+    """``value`` checked against ``hint`` (int, float, bool, str, or X | None); ints are accepted as floats."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else ()
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    if value is None and optional:
+        return None
+    ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or \
+        (base is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        expected = _TYPE_WORDS[base] + (" or null" if optional else "")
+        raise KitError(f"parameter {name!r}: expected {expected}, got {value!r} ({type(value).__name__})")
+    return float(value) if base is float else value
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: parameter file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise KitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(values, dict):
+        raise KitError(f"{path}: expected a mapping of parameter: value, got {type(values).__name__}")
+    return values
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``key=value`` strings, each value read as YAML (so ``epochs=3`` is an int and ``target_acc=null`` None)."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise KitError(f"--set {item!r}: expected key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return values
+
+
+def load_config(params_file=None, sets: list[str] | None = None, **overrides) -> RunConfig:
+    """A config from an optional YAML file, then ``--set`` strings, then keyword overrides (last wins)."""
+    values = read_yaml(params_file) if params_file else {}
+    source = str(params_file) if params_file else "parameters"
+    values.update(parse_sets(sets or []))
+    values.update(overrides)
+    return RunConfig.from_dict(values, source=source)

@@ -1,0 +1,65 @@
+"""torchrun / DDP plumbing: who am I, and the few collectives the engine needs. One process is world size 1."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    nodes: int = 1
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(use_cuda: bool) -> World:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); a lone process needs none."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend=backend)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    return World(rank=dist.get_rank(), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                 nodes=max(1, size // local_size), backend=backend)
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_objects(obj, world: World) -> list:
+    """Every rank's ``obj``, on every rank (small objects only: dev predictions)."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,528 @@
+"""The train/eval loop: FlagPerf's recipe and timers, run records, checkpoints, clean stops, one or many devices.
+
+Read ``finetune`` top to bottom: resolve the config, load data and model (all checks before heavy work), evaluate
+once, then train epoch by epoch with an evaluation after each, stopping at ``target_acc``.
+
+Host syncs (the GPU waits for nothing else): the loss is read once per ``log_every`` optimizer steps (``_flush``),
+clocks are read after a synchronize at epoch and evaluation boundaries, and around a step whose input shape is new
+when compiling (that step's time is compile time, kept out of the training timers).
+"""
+from __future__ import annotations
+
+import math
+import random
+import resource
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint, data, distributed, records
+from .atomic import replace_dir, write_json_atomic
+from .batching import EpochBatches, SplitDataset, TrimCollate, eval_batches
+from .config import RunConfig
+from .errors import KitError
+from .modeling import (DEFAULT_MODEL, file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256,
+                       weights_sha256)
+from .preprocess import tokenize
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")  # FlagPerf's no-weight-decay parameter names
+GIB = 2**30
+
+
+class RunInterrupted(KitError):
+    """A run stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
+
+
+# --- configuration resolved against the machine --------------------------------------------------------------
+
+def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KitError(f"parameter 'device'={name!r}: no CUDA GPU is visible to this process; use auto or cpu")
+        if world is not None and world.distributed:
+            return torch.device("cuda", world.local_rank)
+    return torch.device(name)
+
+
+def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
+    """Fill every run-time default (model, output folder, the fast switches, precision) so config.json is whole."""
+    cuda = device.type == "cuda"
+    model = cfg.model
+    if model is None:
+        folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
+        model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
+    precision = cfg.precision
+    if precision is None:
+        precision = "fp32"
+        if cfg.fast and cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    compile_ = cfg.compile if cfg.compile is not None else cfg.fast and cuda
+    return cfg.replace(
+        model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
+        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
+        pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
+        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast and cuda,
+        compile=compile_, cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else compile_ and cuda)
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """FlagPerf's two AdamW groups: no weight decay on biases and LayerNorm weights."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0}]
+
+
+def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:
+    return math.ceil(batches_per_epoch / accumulation) * epochs
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: RunConfig, tokenizer) -> dict[str, data.Split]:
+    """Tokenized train (first ``max_train_samples`` rows) and dev splits; ids checked against the vocabulary."""
+    splits = data.load_sst2(cfg.data_dir, vocab_size=len(tokenizer))
+    if data.source_kind(cfg.data_dir) != "npz":
+        splits = {name: tokenize(s, tokenizer) for name, s in splits.items()}
+    splits["train"] = splits["train"].head(cfg.max_train_samples)
+    return splits
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --- the engine --------------------------------------------------------------------------------------------------
+
+class _Engine:
+    def __init__(self, cfg: RunConfig, world: distributed.World, device: torch.device, started: float):
+        self.cfg, self.world, self.device, self.started = cfg, world, device, started
+        self.out = Path(cfg.output_dir)
+        self.cuda = device.type == "cuda"
+
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.splits = load_splits(cfg, self.tokenizer)
+        seed_everything(cfg.seed)
+        model = load_classifier(cfg.model).to(device)
+        self._check_ids_fit(model)
+        self.model = model
+        self.train_model = self._wrap(model)
+
+        train = self.splits["train"]
+        self.sampler = EpochBatches(train.lengths, cfg.train_batch_size, cfg.seed, bucketed=cfg.bucket_batches,
+                                    rank=world.rank, world_size=world.size)
+        self.collate = TrimCollate(cfg.pad_to_multiple_of)
+        self.loader = torch.utils.data.DataLoader(
+            SplitDataset(train), batch_sampler=self.sampler, collate_fn=self.collate, num_workers=cfg.num_workers,
+            pin_memory=self.cuda, persistent_workers=cfg.num_workers > 0)
+        self.dev = SplitDataset(self.splits["dev"])
+        self.dev_batches = eval_batches(self.splits["dev"].lengths, cfg.eval_batch_size, world.rank, world.size)
+
+        self.optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                           **({"fused": True} if cfg.fused_adamw else {}))
+        from transformers import get_scheduler
+
+        self.total_steps = total_optimizer_steps(len(self.sampler), cfg.gradient_accumulation_steps, cfg.epochs)
+        self.scheduler = get_scheduler("linear", self.optimizer, num_warmup_steps=0,
+                                       num_training_steps=self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+
+        # Progress of the run; everything here goes into checkpoints.
+        self.epoch, self.batches_done, self.step = 0, 0, 0
+        self.samples = self.tokens = 0
+        self.timers = {"e2e_before": 0.0, "train": 0.0, "eval": 0.0, "data": 0.0, "compile": 0.0}
+        self.steps_rows: list[dict] = []
+        self.evals_rows: list[dict] = []
+        self.best_acc, self.time_to_target, self.converged = 0.0, None, False
+        self.predictions: pd.DataFrame | None = None
+        self._window: list[tuple[int, torch.Tensor]] = []  # (step, local loss) since the last flush
+        self._window_rows = self._window_tokens = 0
+        self._window_start = None
+        self._seen_shapes: set = set()
+        self._train_clock: float | None = None
+        self._scored_final = False  # predictions hold the current weights' dev scores
+
+    # -- set-up helpers --
+
+    def _check_ids_fit(self, model) -> None:
+        size = model.get_input_embeddings().num_embeddings
+        for name, split in self.splits.items():
+            if int(split.input_ids.max()) >= size:
+                row = int(np.flatnonzero((split.input_ids >= size).any(axis=1))[0])
+                raise KitError(f"{name} split, row {row}: token id {int(split.input_ids[row].max())} is outside the "
+                               f"model's embedding table of {size}; data and model come from different vocabularies")
+
+    def _wrap(self, model):
+        wrapped = model
+        if self.world.distributed:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.cuda else None)
+        if self.cfg.compile:
+            mode = "reduce-overhead" if self.cfg.cuda_graphs else None
+            wrapped = torch.compile(wrapped, mode=mode, dynamic=False)
+        return wrapped
+
+    def autocast(self):
+        if self.cfg.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return nullcontext()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    # -- clocks --
+
+    def train_seconds(self) -> float:
+        """Training-loop seconds so far (evaluation included, compile time excluded), as FlagPerf's train_time."""
+        running = time.perf_counter() - self._train_clock if self._train_clock is not None else 0.0
+        return self.timers["train"] + running - self.timers["compile"]
+
+    def elapsed_no_eval(self) -> float:
+        return self.train_seconds() - self.timers["eval"]
+
+    # -- evaluation --
+
+    @torch.inference_mode()
+    def evaluate(self) -> float:
+        """Accuracy on the whole dev split: each row scored once across ranks, correct counts summed."""
+        model = self.model
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        idx, pred, prob = [], [], []
+        for rows in self.dev_batches:
+            batch = self.collate([self.dev[r] for r in rows])
+            with self.autocast():
+                logits = model(input_ids=batch.input_ids.to(self.device),
+                               attention_mask=batch.attention_mask.to(self.device)).logits
+            p = torch.softmax(logits.float(), dim=-1)[:, 1]
+            y = logits.argmax(dim=-1)
+            correct += (y.cpu() == batch.labels).sum().to(self.device)
+            idx.append(batch.idx)
+            pred.append(y.cpu())
+            prob.append(p.cpu())
+        model.train()
+        correct = int(distributed.all_reduce_sum(correct, self.world).item())
+        local = (torch.cat(idx).tolist(), torch.cat(pred).tolist(), torch.cat(prob).tolist()) if idx else ([], [], [])
+        parts = distributed.gather_objects(local, self.world)
+        if self.world.main:
+            dev = self.splits["dev"]
+            frame = pd.DataFrame({"row": sum((p[0] for p in parts), []), "pred": sum((p[1] for p in parts), []),
+                                  "prob_pos": sum((p[2] for p in parts), [])}).sort_values("row")
+            rows = frame["row"].to_numpy()
+            self.predictions = pd.DataFrame({"idx": dev.idx[rows], "sentence": dev.sentence[rows],
+                                             "label": dev.label[rows], "pred": frame["pred"].to_numpy(),
+                                             "prob_pos": frame["prob_pos"].round(6).to_numpy()})
+        return correct / len(self.splits["dev"])
+
+    def _evaluate_and_record(self) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        acc = self.evaluate()
+        self._scored_final = self._train_clock is not None
+        self.sync()
+        seconds = time.perf_counter() - t0
+        if self._train_clock is not None:
+            self.timers["eval"] += seconds
+        self.evals_rows.append({"epoch": self.epoch, "step": self.step, "accuracy": acc, "eval_s": round(seconds, 4),
+                                "train_s": round(self.train_seconds(), 4)})
+        self.best_acc = max(self.best_acc, acc)
+        target = self.cfg.target_acc
+        if target is not None and acc >= target and self.time_to_target is None and self._train_clock is not None:
+            self.time_to_target = self.train_seconds()
+        return acc
+
+    # -- training --
+
+    def _micro_step(self, batch, group_size: int, sync_grads: bool) -> None:
+        inputs = {"input_ids": batch.input_ids.to(self.device, non_blocking=True),
+                  "attention_mask": batch.attention_mask.to(self.device, non_blocking=True)}
+        labels = batch.labels.to(self.device, non_blocking=True)
+        weight = batch.weight.to(self.device, non_blocking=True)
+        no_sync = self.train_model.no_sync if self.world.distributed and not sync_grads else nullcontext
+        with no_sync():
+            with self.autocast():
+                logits = self.train_model(**inputs).logits
+            loss = (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
+            scaled = loss / group_size
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self._window.append((self.step + 1, loss.detach()))
+        self._window_rows += batch.n_rows
+        self._window_tokens += batch.n_tokens
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _flush(self, stop_requested: bool = False) -> bool:
+        """Read the window's losses (the one host sync of the loss), write a steps.csv row; returns whether any
+        rank asked to stop (agreed across ranks in the same collective)."""
+        if not self._window:
+            return stop_requested
+        losses = torch.stack([loss for _, loss in self._window]).float()
+        extra = torch.tensor([self._window_rows, self._window_tokens, float(stop_requested)], device=losses.device)
+        packed = distributed.all_reduce_sum(torch.cat([losses, extra]), self.world).cpu()
+        losses = packed[:-3] / self.world.size
+        rows, tokens, stop = int(packed[-3]), int(packed[-2]), bool(packed[-1] > 0)
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+        if bad.numel():
+            step = self._window[int(bad[0])][0]
+            self._save_records()
+            raise KitError(f"loss became {losses[bad[0]].item()} at step {step} (epoch {self.epoch + 1}); "
+                           f"training stopped, records so far are in {self.out}")
+        now = self.elapsed_no_eval()
+        seconds = max(now - self._window_start, 1e-9)
+        self.samples += rows
+        self.tokens += tokens
+        self.steps_rows.append({"step": self.step, "epoch": self.epoch + 1, "loss": round(losses.mean().item(), 6),
+                                "lr": self.scheduler.get_last_lr()[0], "samples_per_s": round(rows / seconds, 2),
+                                "tokens_per_s": round(tokens / seconds, 1), "elapsed_s": round(now, 4)})
+        self._window, self._window_rows, self._window_tokens, self._window_start = [], 0, 0, now
+        return stop
+
+    def train_epoch(self, signals: _StopSignals, bar) -> bool:
+        """One epoch (or what is left of it); returns False when stopped by a signal (after a checkpoint)."""
+        cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
+        n = len(self.sampler)
+        self.sampler.set_epoch(self.epoch, skip=self.batches_done)
+        batches = iter(self.loader)
+        self._window_start = self.elapsed_no_eval()
+        while self.batches_done < n:
+            group_start = self.batches_done - self.batches_done % accum
+            group_size = min(accum, n - group_start)
+            t0 = time.perf_counter()
+            batch = next(batches)
+            self.timers["data"] += time.perf_counter() - t0
+            last_in_group = self.batches_done + 1 == group_start + group_size
+            shape = tuple(batch.input_ids.shape)
+            first_of_shape = cfg.compile and shape not in self._seen_shapes
+            if first_of_shape:  # compilation happens in this step: time it apart from training
+                self.sync()
+                t0 = time.perf_counter()
+            self._micro_step(batch, group_size, sync_grads=last_in_group)
+            if last_in_group:
+                self._optimizer_step()
+            if first_of_shape:
+                self.sync()
+                self.timers["compile"] += time.perf_counter() - t0
+                self._seen_shapes.add(shape)
+            self.batches_done += 1
+            bar.update(1)
+            if not last_in_group:
+                continue
+            at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            stop_now = signals.received is not None and not self.world.distributed
+            if self.step % cfg.log_every == 0 or at_checkpoint or stop_now or self.batches_done == n:
+                stop = self._flush(signals.received is not None)
+                if self.steps_rows:
+                    bar.set_postfix(loss=self.steps_rows[-1]["loss"], samples_s=self.steps_rows[-1]["samples_per_s"])
+                if at_checkpoint or stop:
+                    self.save_checkpoint()
+                if stop:
+                    return False
+        return True
+
+    # -- state --
+
+    def state_dict(self) -> dict:
+        e2e = self.timers["e2e_before"] + time.perf_counter() - self.started
+        timers = {**self.timers, "train": self.train_seconds() + self.timers["compile"], "e2e_before": e2e}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": checkpoint.rng_state(), "epoch": self.epoch, "batches_done": self.batches_done,
+                "step": self.step, "samples": self.samples, "tokens": self.tokens, "timers": timers,
+                "steps_rows": self.steps_rows, "evals_rows": self.evals_rows, "best_acc": self.best_acc,
+                "time_to_target": self.time_to_target, "converged": self.converged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        for key in ("epoch", "batches_done", "step", "samples", "tokens", "timers", "steps_rows", "evals_rows",
+                    "best_acc", "time_to_target", "converged"):
+            setattr(self, key, state[key])
+        self.timers = dict(self.timers)
+
+    def save_checkpoint(self) -> None:
+        if self.world.main:
+            checkpoint.save(self.state_dict(), self.out / "checkpoints", self.step)
+            self._save_records()
+        distributed.barrier(self.world)
+
+    def _save_records(self) -> None:
+        if self.world.main:
+            records.write_records(self.out, self.steps_rows, self.evals_rows)
+
+    # -- the run --
+
+    def run(self, resumed: bool) -> None:
+        cfg = self.cfg
+        if not resumed:
+            self._evaluate_and_record()  # FlagPerf evaluates once before training
+        signals = _StopSignals()
+        quiet = not self.world.main
+        epochs_bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", disable=quiet)
+        with signals:
+            self._train_clock = time.perf_counter()
+            while self.epoch < cfg.epochs and not self.converged:
+                with tqdm(total=len(self.sampler), initial=self.batches_done, desc=f"epoch {self.epoch + 1}",
+                          leave=False, disable=quiet) as bar:
+                    finished = self.train_epoch(signals, bar)
+                if not finished:
+                    epochs_bar.close()
+                    raise RunInterrupted(
+                        f"{signals.received} received: stopped after step {self.step} and saved a checkpoint in "
+                        f"{self.out / 'checkpoints'}; continue with resume: true (CLI: --set resume=true) and "
+                        f"output_dir {self.out}")
+                self.epoch += 1
+                self.batches_done = 0
+                acc = self._evaluate_and_record()
+                self.converged = cfg.target_acc is not None and acc >= cfg.target_acc
+                epochs_bar.update(1)
+                epochs_bar.set_postfix(dev_acc=f"{acc:.4f}")
+                self.save_checkpoint()
+            self.timers["train"] = self.train_seconds() + self.timers["compile"]
+            self._train_clock = None
+        epochs_bar.close()
+        if not self._scored_final:  # resumed after the last epoch's checkpoint: score the final weights again
+            self.evaluate()
+
+    def summary(self) -> dict:
+        t = self.timers
+        e2e = t["e2e_before"] + time.perf_counter() - self.started
+        train = t["train"] - t["compile"]
+        no_eval = train - t["eval"]
+        pure = no_eval - t["data"]
+        rate = lambda seconds: round(self.samples / seconds, 2) if seconds > 0 else None  # noqa: E731
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) / GIB
+        else:  # ru_maxrss is KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return {
+            "e2e_time": round(e2e, 3), "train_time": round(train, 3), "train_no_eval_time": round(no_eval, 3),
+            "pure_training_computing_time": round(pure, 3), "throughput(ips)_raw": rate(train),
+            "throughput(ips)_no_eval": rate(no_eval), "throughput(ips)_pure_compute": rate(pure),
+            "converged": self.converged, "acc": self.evals_rows[-1]["accuracy"], "best_acc": self.best_acc,
+            "epochs_run": self.epoch, "steps": self.step, "time_to_target": self.time_to_target,
+            "train_samples": self.samples, "train_tokens": self.tokens,
+            "tokens_per_s": round(self.tokens / no_eval, 1) if no_eval > 0 else None,
+            "peak_memory_gib": round(peak, 3), "compile_time": round(t["compile"], 3),
+            "global_batch_size": self.cfg.train_batch_size * self.world.size * self.cfg.gradient_accumulation_steps,
+            "world_size": self.world.size, "status": "finished",
+        }
+
+    def manifest(self) -> dict:
+        files = data.source_files(self.cfg.data_dir)
+        return {**records.environment_manifest(), "device": str(self.device),
+                "device_count": self.world.size if self.world.distributed else
+                (torch.cuda.device_count() if self.cuda else 1),
+                "data_source": self.cfg.data_dir or data.HUB_DATASET,
+                "data_files": {str(p): file_sha256(p) for p in files},
+                "model": self.cfg.model, "model_weights": weights_sha256(self.cfg.model),
+                "vocab_sha256": vocab_sha256(self.tokenizer), "seed": self.cfg.seed,
+                "world_size": self.world.size, "nodes": self.world.nodes, "backend": self.world.backend}
+
+    def save_final(self) -> None:
+        if not self.world.main:
+            return
+        self._save_records()
+        records.write_predictions(self.out, self.predictions)
+        if self.cfg.save_model:
+            def save(tmp: Path):
+                self.model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+
+            replace_dir(self.out / "model", save)
+        write_json_atomic(self.out / "summary.json", self.summary())  # last: its presence marks the run finished
+
+
+def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run:
+    """Fine-tune per ``config`` (a RunConfig or a dict of parameters, updated by ``overrides``) and return the Run.
+
+    Under torchrun every rank calls this; only rank 0 writes the run folder.
+    """
+    started = time.perf_counter()
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config or {}))
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    data.source_kind(cfg.data_dir)  # a missing data folder fails here, before anything else
+    world = distributed.init_world(use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
+    try:
+        device = resolve_device(cfg.device, world)
+        if cfg.resume:
+            cfg = _resumed_config(cfg)
+        cfg = resolve_config(cfg, device)
+        model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
+        out = Path(cfg.output_dir)
+        if world.main:
+            records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
+        distributed.barrier(world)
+        engine = _Engine(cfg, world, device, started)
+        if cfg.resume:
+            state, path = checkpoint.load_latest(out / "checkpoints")
+            engine.load_state_dict(state)
+            if world.main:
+                print(f"resuming from {path} (epoch {engine.epoch + 1}, step {engine.step})")
+        elif world.main:
+            write_json_atomic(out / "config.json", cfg.to_dict())
+            write_json_atomic(out / "manifest.json", engine.manifest())
+        engine.run(resumed=cfg.resume)
+        engine.save_final()
+        distributed.barrier(world)
+    finally:
+        distributed.shutdown(world)
+    return records.Run(Path(cfg.output_dir))
+
+
+def _resumed_config(cfg: RunConfig) -> RunConfig:
+    """The interrupted run's own config: a resumed run continues exactly what was started."""
+    saved = Path(cfg.output_dir or ".") / "config.json"
+    if not cfg.output_dir or not saved.is_file():
+        raise KitError(f"resume: output_dir {cfg.output_dir or '(empty)'} holds no run to resume; name the "
+                       f"interrupted run's folder")
+    values = {**records.Run(saved.parent).config, "resume": True, "overwrite": False}
+    return RunConfig.from_dict(values, source=str(saved))
