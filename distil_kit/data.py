@@ -138,14 +138,14 @@ def split_from_columns(columns, name: str) -> Split:
     return Split(idx=idx, sentence=np.array(sentences, dtype=str), label=labels)
 
 
-def _check_rows(sentences, labels, name: str, first_row: int) -> None:
-    """Labels must be 0/1 and sentences non-empty; the error names the first bad row."""
+def _check_rows(sentences, labels, name: str, first_row: int, unit: str = "row") -> None:
+    """Labels must be 0/1 and sentences non-empty; the error names the first bad row (or file line)."""
     bad = np.flatnonzero(~np.isin(labels, (0, 1)))
     if bad.size:
-        raise KitError(f"{name}: row {bad[0] + first_row}: label {labels[bad[0]]!r} is not 0 or 1")
+        raise KitError(f"{name}: {unit} {bad[0] + first_row}: label {labels[bad[0]].item()!r} is not 0 or 1")
     for i, s in enumerate(sentences):
         if not str(s).strip():
-            raise KitError(f"{name}: row {i + first_row}: empty sentence")
+            raise KitError(f"{name}: {unit} {i + first_row}: empty sentence")
 
 
 # --- GLUE TSV -------------------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def read_tsv(path: Path) -> Split:
         except ValueError:
             raise KitError(f"{path}: line {line}: label {row[1]!r} is not 0 or 1") from None
     sentences = [row[0] for row in body]
-    _check_rows(sentences, np.array(labels, dtype=np.int64), str(path), first_row=2)
+    _check_rows(sentences, np.array(labels, dtype=np.int64), str(path), first_row=2, unit="line")
     return Split(idx=np.arange(len(body), dtype=np.int64), sentence=np.array(sentences, dtype=str),
                  label=np.array(labels, dtype=np.int64))
 

@@ -95,9 +95,9 @@ def seed_everything(seed: int) -> None:
 def load_splits(cfg: RunConfig, tokenizer) -> dict[str, data.Split]:
     """Tokenized train (first ``max_train_samples`` rows) and dev splits; ids checked against the vocabulary."""
     splits = data.load_sst2(cfg.data_dir, vocab_size=len(tokenizer))
+    splits["train"] = splits["train"].head(cfg.max_train_samples)
     if data.source_kind(cfg.data_dir) != "npz":
         splits = {name: tokenize(s, tokenizer) for name, s in splits.items()}
-    splits["train"] = splits["train"].head(cfg.max_train_samples)
     return splits
 
 
@@ -146,7 +146,10 @@ class _Engine:
         self.collate = TrimCollate(cfg.pad_to_multiple_of)
         self.loader = torch.utils.data.DataLoader(
             SplitDataset(train), batch_sampler=self.sampler, collate_fn=self.collate, num_workers=cfg.num_workers,
-            pin_memory=self.cuda, persistent_workers=cfg.num_workers > 0)
+            pin_memory=self.cuda, persistent_workers=cfg.num_workers > 0,
+            # Its own generator: each iter() draws a worker seed, which from the global generator would shift the
+            # dropout draws of a run resumed mid-epoch away from those of the uninterrupted run.
+            generator=torch.Generator().manual_seed(cfg.seed))
         self.dev = SplitDataset(self.splits["dev"])
         self.dev_batches = eval_batches(self.splits["dev"].lengths, cfg.eval_batch_size, world.rank, world.size)
 
@@ -206,6 +209,9 @@ class _Engine:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
+    def global_batch_size(self) -> int:
+        return self.cfg.train_batch_size * self.world.size * self.cfg.gradient_accumulation_steps
+
     # -- clocks --
 
     def train_seconds(self) -> float:
@@ -259,12 +265,13 @@ class _Engine:
         seconds = time.perf_counter() - t0
         if self._train_clock is not None:
             self.timers["eval"] += seconds
+        train_s = round(self.train_seconds(), 4)
         self.evals_rows.append({"epoch": self.epoch, "step": self.step, "accuracy": acc, "eval_s": round(seconds, 4),
-                                "train_s": round(self.train_seconds(), 4)})
+                                "train_s": train_s})
         self.best_acc = max(self.best_acc, acc)
         target = self.cfg.target_acc
         if target is not None and acc >= target and self.time_to_target is None and self._train_clock is not None:
-            self.time_to_target = self.train_seconds()
+            self.time_to_target = train_s
         return acc
 
     # -- training --
@@ -365,33 +372,40 @@ class _Engine:
 
     # -- state --
 
-    def state_dict(self) -> dict:
+    def state_dict(self, rng: list[dict]) -> dict:
+        """Rank 0's state with every rank's ``rng`` (``rng[rank]``; ranks draw dropout for different shapes)."""
         e2e = self.timers["e2e_before"] + time.perf_counter() - self.started
         timers = {**self.timers, "train": self.train_seconds() + self.timers["compile"], "e2e_before": e2e}
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": checkpoint.rng_state(), "epoch": self.epoch, "batches_done": self.batches_done,
+                "rng": rng, "epoch": self.epoch, "batches_done": self.batches_done,
                 "step": self.step, "samples": self.samples, "tokens": self.tokens, "timers": timers,
                 "steps_rows": self.steps_rows, "evals_rows": self.evals_rows, "best_acc": self.best_acc,
                 "time_to_target": self.time_to_target, "converged": self.converged}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: Path) -> None:
+        if len(state["rng"]) != self.world.size:  # batches, and so the rest of the run, depend on the world size
+            raise KitError(f"checkpoint {source} was written by {len(state['rng'])} process(es), this run has "
+                           f"{self.world.size}; resume with the same number of processes (torchrun --nproc_per_node)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"][self.world.rank])
         for key in ("epoch", "batches_done", "step", "samples", "tokens", "timers", "steps_rows", "evals_rows",
                     "best_acc", "time_to_target", "converged"):
             setattr(self, key, state[key])
         self.timers = dict(self.timers)
 
     def save_checkpoint(self) -> None:
-        if self.world.main:
-            checkpoint.save(self.state_dict(), self.out / "checkpoints", self.step)
+        rng = distributed.gather_objects(checkpoint.rng_state(), self.world)
+
+        def write():
+            checkpoint.save(self.state_dict(rng), self.out / "checkpoints", self.step)
             self._save_records()
-        distributed.barrier(self.world)
+
+        distributed.on_main(self.world, write)
 
     def _save_records(self) -> None:
         if self.world.main:
@@ -405,6 +419,10 @@ class _Engine:
             self._evaluate_and_record()  # FlagPerf evaluates once before training
         signals = _StopSignals()
         quiet = not self.world.main
+        if not quiet:
+            print(f"{len(self.splits['train'])} training rows; global batch {self.global_batch_size()} "
+                  f"({cfg.train_batch_size} per process x {self.world.size} process(es) x "
+                  f"{cfg.gradient_accumulation_steps} accumulated); {self.total_steps} optimizer steps")
         epochs_bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", disable=quiet)
         with signals:
             self._train_clock = time.perf_counter()
@@ -416,8 +434,8 @@ class _Engine:
                     epochs_bar.close()
                     raise RunInterrupted(
                         f"{signals.received} received: stopped after step {self.step} and saved a checkpoint in "
-                        f"{self.out / 'checkpoints'}; continue with resume: true (CLI: --set resume=true) and "
-                        f"output_dir {self.out}")
+                        f"{self.out / 'checkpoints'}; continue with resume: true and output_dir {self.out} (CLI: "
+                        f"python -m distil_kit finetune --resume --set output_dir={self.out})")
                 self.epoch += 1
                 self.batches_done = 0
                 acc = self._evaluate_and_record()
@@ -451,7 +469,7 @@ class _Engine:
             "train_samples": self.samples, "train_tokens": self.tokens,
             "tokens_per_s": round(self.tokens / no_eval, 1) if no_eval > 0 else None,
             "peak_memory_gib": round(peak, 3), "compile_time": round(t["compile"], 3),
-            "global_batch_size": self.cfg.train_batch_size * self.world.size * self.cfg.gradient_accumulation_steps,
+            "global_batch_size": self.global_batch_size(),
             "world_size": self.world.size, "status": "finished",
         }
 
@@ -492,30 +510,53 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
     data.source_kind(cfg.data_dir)  # a missing data folder fails here, before anything else
     world = distributed.init_world(use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
     try:
+        if not world.main:
+            _quiet_libraries()
         device = resolve_device(cfg.device, world)
         if cfg.resume:
             cfg = _resumed_config(cfg)
         cfg = resolve_config(cfg, device)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
-        if world.main:
-            records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
-        distributed.barrier(world)
-        engine = _Engine(cfg, world, device, started)
+        _check_output_dir(out, cfg)
+        engine = _Engine(cfg, world, device, started)  # loads and checks data and model
         if cfg.resume:
             state, path = checkpoint.load_latest(out / "checkpoints")
-            engine.load_state_dict(state)
+            engine.load_state_dict(state, path)
             if world.main:
                 print(f"resuming from {path} (epoch {engine.epoch + 1}, step {engine.step})")
-        elif world.main:
-            write_json_atomic(out / "config.json", cfg.to_dict())
-            write_json_atomic(out / "manifest.json", engine.manifest())
+        # Only now, with every input checked, is the folder (an old run in it, with overwrite) touched.
+        distributed.on_main(world, lambda: _start_run_folder(engine))
         engine.run(resumed=cfg.resume)
         engine.save_final()
         distributed.barrier(world)
     finally:
         distributed.shutdown(world)
     return records.Run(Path(cfg.output_dir))
+
+
+def _check_output_dir(out: Path, cfg: RunConfig) -> None:
+    """Refuse a taken ``output_dir`` before the heavy loading, touching nothing. ``prepare_output_dir`` only checks
+    when resuming or when it must refuse (a run there and no overwrite; a folder holding something else)."""
+    state = records.run_state(out)
+    if cfg.resume or state == "other" or (state != "empty" and not cfg.overwrite):
+        records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
+
+
+def _start_run_folder(engine: _Engine) -> None:
+    cfg, out = engine.cfg, engine.out
+    records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
+    if not cfg.resume:
+        write_json_atomic(out / "config.json", cfg.to_dict())
+        write_json_atomic(out / "manifest.json", engine.manifest())
+
+
+def _quiet_libraries() -> None:
+    """Ranks other than 0 print nothing of their own: no transformers progress bars or warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _resumed_config(cfg: RunConfig) -> RunConfig:

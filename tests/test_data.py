@@ -1,0 +1,230 @@
+"""Data pipeline: every SST-2 source, both paddings, FlagPerf npz compatibility, trimming, bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from distil_kit import KitError, data
+from distil_kit.batching import EpochBatches, SplitDataset, TrimCollate
+from distil_kit.modeling import file_sha256, load_tokenizer, vocab_sha256
+from distil_kit.preprocess import preprocess, read_metadata, tokenize
+
+BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return load_tokenizer(str(minilm_dir))
+
+
+@pytest.fixture(scope="module")
+def small_tsv(tmp_path_factory, sst2_dir):
+    """The first 300 train and 100 dev rows of the real SST-2, as a GLUE TSV folder."""
+    folder = tmp_path_factory.mktemp("tsv")
+    for name, rows in (("train.tsv", 300), ("dev.tsv", 100)):
+        lines = (sst2_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[: rows + 1]
+        (folder / name).write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def test_real_tsv_row_counts_and_labels(sst2_dir):
+    splits = data.load_sst2(sst2_dir)
+    assert len(splits["train"]) == 67_349 and len(splits["dev"]) == 872
+    assert splits["dev"].label.sum() == 444  # the dev majority baseline is 444/872 = 0.509
+    assert splits["train"].sentence.dtype.kind == "U"
+    assert any("'" in s for s in splits["train"].sentence)  # quotes are text, never quoting (QUOTE_NONE)
+
+
+def test_minilm_vocab_is_bert_base_uncased(minilm_dir):
+    import hashlib
+
+    assert hashlib.md5((minilm_dir / "vocab.txt").read_bytes()).hexdigest() == BERT_UNCASED_VOCAB_MD5
+
+
+def test_preprocess_longest_matches_tokenizer(small_tsv, minilm_dir, tokenizer, tmp_path):
+    result = preprocess(small_tsv, str(minilm_dir), tmp_path)
+    train = data.read_npz(tmp_path / "dataset" / "train_dataset.npz", vocab_size=len(tokenizer))
+    assert train.input_ids.shape == (300, int(train.lengths.max()))
+    # Written ids are exactly the tokenizer's own output on the same sentences, row by row.
+    for i in (0, 7, 299):
+        ids = tokenizer(str(train.sentence[i]))["input_ids"]
+        assert train.input_ids[i, : len(ids)].tolist() == ids
+        assert train.attention_mask[i].sum() == len(ids)
+    meta = read_metadata(tmp_path / "dataset")
+    assert meta["splits"]["train"]["rows"] == 300 and meta["splits"]["dev"]["rows"] == 100
+    assert meta["splits"]["dev"]["sha256"] == file_sha256(result.files["dev"])
+    assert meta["vocab_sha256"] == vocab_sha256(tokenizer)
+    # np.load without allow_pickle must work (FlagPerf's users load it that way) and dtypes match the schema.
+    with np.load(result.files["train"]) as z:
+        assert {k: z[k].dtype.kind for k in data.NPZ_KEYS} == {"idx": "i", "sentence": "U", "label": "i",
+                                                               "input_ids": "i", "attention_mask": "i"}
+        assert z["input_ids"].dtype == np.int64
+
+
+def test_preprocess_max_length_is_flagperf_width(small_tsv, minilm_dir, tmp_path):
+    result = preprocess(small_tsv, str(minilm_dir), tmp_path, padding="max_length")
+    assert result.splits["train"].input_ids.shape == (300, 512)
+    assert result.splits["dev"].attention_mask.shape == (100, 512)
+
+
+def _flagperf_style_folder(folder, splits, tokenizer):
+    """A FlagPerf data folder made the way FlagPerf does: `datasets` + tokenizer(max_length) + np.savez."""
+    import datasets
+
+    (folder / "dataset").mkdir(parents=True)
+    for name, split in splits.items():
+        ds = datasets.Dataset.from_dict({"sentence": list(split.sentence), "label": split.label.tolist(),
+                                         "idx": split.idx.tolist()})
+        ds = ds.map(lambda b: tokenizer(b["sentence"], padding="max_length", truncation=True), batched=True)
+        ds = ds.with_format("numpy")
+        np.savez(folder / "dataset" / data.NPZ_FILES[name], idx=ds["idx"], sentence=ds["sentence"],
+                 label=ds["label"], input_ids=ds["input_ids"], attention_mask=ds["attention_mask"])
+    return folder
+
+
+def test_flagperf_folder_loads_and_batches_without_conversion(small_tsv, tokenizer, tmp_path):
+    raw = data.load_sst2(small_tsv)
+    folder = _flagperf_style_folder(tmp_path / "flagperf", raw, tokenizer)
+    assert data.source_kind(folder) == "npz"
+    splits = data.load_sst2(folder, vocab_size=len(tokenizer))
+    assert splits["train"].input_ids.shape == (300, 512)
+    ours = tokenize(raw["train"], tokenizer, padding="max_length")
+    assert np.array_equal(splits["train"].input_ids, ours.input_ids)  # our max_length rows == FlagPerf's
+    batch = TrimCollate()([SplitDataset(splits["train"])[i] for i in range(32)])
+    assert batch.input_ids.shape == (32, int(splits["train"].lengths[:32].max()))
+
+
+def test_trim_collate_cuts_to_longest_real_row(small_tsv, tokenizer):
+    split = tokenize(data.load_sst2(small_tsv)["train"], tokenizer, padding="max_length")
+    rows = [SplitDataset(split)[i] for i in (3, 4, 5)]
+    longest = int(split.lengths[[3, 4, 5]].max())
+    batch = TrimCollate()(rows)
+    assert batch.input_ids.shape == (3, longest)
+    assert batch.n_tokens == int(split.lengths[[3, 4, 5]].sum())
+    assert torch.equal(batch.attention_mask.sum(1), torch.as_tensor(split.lengths[[3, 4, 5]]))
+    assert TrimCollate(8)(rows).input_ids.shape[1] == -(-longest // 8) * 8
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_epoch_batches_cover_every_row_once_in_seeded_order(bucketed):
+    lengths = np.random.default_rng(0).integers(2, 60, size=1000)
+    sampler = EpochBatches(lengths, 32, seed=0, bucketed=bucketed)
+    first = [r for b in sampler for r, _ in b]
+    assert sorted(first) == list(range(1000)) and len(list(sampler)) == len(sampler) == 32
+    assert first == [r for b in sampler for r, _ in b]  # same seed and epoch: same order
+    sampler.set_epoch(1)
+    assert first != [r for b in sampler for r, _ in b]
+    if bucketed:  # bucketing must cut padding: the mean batch width is far below the plain sampler's
+        plain = EpochBatches(lengths, 32, seed=0)
+        width = lambda s: np.mean([lengths[[r for r, _ in b]].max() for b in s])  # noqa: E731
+        assert width(sampler) < 0.8 * width(plain)
+
+
+def test_hub_source_through_datasets(monkeypatch):
+    import datasets
+
+    fake = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"idx": [0, 1], "sentence": ["good ", "bad "], "label": [1, 0]}),
+        "validation": datasets.Dataset.from_dict({"idx": [0], "sentence": ["fine "], "label": [1]})})
+    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake if name == data.HUB_DATASET else None)
+    splits = data.load_sst2("hub")
+    assert list(splits["train"].sentence) == ["good ", "bad "] and splits["dev"].label.tolist() == [1]
+
+
+def test_hub_offline_fails_at_once_naming_local_options(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KitError, match="GLUE TSV folder .* FlagPerf data folder"):
+        data.load_sst2("")
+
+
+# --- bad input: one line, naming the file/row/parameter, nothing left in out ---------------------------------
+
+def _write(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder
+
+
+def _tsv_folder(tmp_path, train):
+    folder = _write(tmp_path / "src", "train.tsv", train)
+    return _write(folder, "dev.tsv", "sentence\tlabel\nfine film \t1\n")
+
+
+def _npz_folder(tmp_path, **changes):
+    arrays = dict(idx=np.arange(2), sentence=np.array(["a ", "b "]), label=np.array([0, 1]),
+                  input_ids=np.array([[101, 102, 0], [101, 7592, 102]]), attention_mask=np.array([[1, 1, 0], [1, 1, 1]]))
+    arrays.update(changes)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    folder = tmp_path / "src" / "dataset"
+    folder.mkdir(parents=True)
+    for name in data.NPZ_FILES.values():
+        np.savez(folder / name, **arrays)
+    return folder.parent
+
+
+BAD_SOURCES = {
+    "missing folder": (lambda t: t / "nope", r"data folder .*nope does not exist"),
+    "folder without files": (lambda t: _write(t / "src", "other.txt", ""), r"holds neither train.tsv"),
+    "missing dev.tsv": (lambda t: _write(t / "src", "train.tsv", "sentence\tlabel\nok \t1\n"), r"dev.tsv: file not found"),
+    "no header": (lambda t: _tsv_folder(t, "nice film \t1\n"), r"train.tsv: line 1: header .* expected 'sentence<TAB>label'"),
+    "label 2": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\nbad \t2\n"), r"train.tsv: line 3: label 2 is not 0 or 1"),
+    "label text": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \tpos\n"), r"train.tsv: line 2: label 'pos' is not 0 or 1"),
+    "empty sentence": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\n  \t0\n"), r"train.tsv: line 3: empty sentence"),
+    "npz missing key": (lambda t: _npz_folder(t, attention_mask=None), r"train_dataset.npz: missing key\(s\) attention_mask"),
+    "npz shapes": (lambda t: _npz_folder(t, attention_mask=np.ones((2, 4), int)), r"train_dataset.npz: 'input_ids' \(2, 3\) and 'attention_mask' \(2, 4\)"),
+    "npz label": (lambda t: _npz_folder(t, label=np.array([0, 5])), r"train_dataset.npz: row 1: label 5"),
+    "npz id beyond vocab": (lambda t: _npz_folder(t, input_ids=np.array([[101, 102, 0], [101, 99999, 102]])),
+                            r"train_dataset.npz: row 1: token id 99999 is outside the tokenizer's vocabulary"),
+    "npz left padding": (lambda t: _npz_folder(t, attention_mask=np.array([[0, 1, 1], [1, 1, 1]])), r"row 0: attention_mask is not"),
+    "npz object sentences": (lambda t: _npz_folder(t, sentence=np.array(["a ", "b "], dtype=object)), r"'sentence' must be a numpy unicode array"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SOURCES))
+def test_bad_source_one_line_error_and_nothing_written(case, tmp_path, minilm_dir):
+    make, pattern = BAD_SOURCES[case]
+    source = make(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(KitError, match=pattern) as err:
+        preprocess(source, str(minilm_dir), out)
+    assert "\n" not in str(err.value)
+    assert not list(out.rglob("*.npz")) and not list(out.rglob("*.json"))
+
+
+def test_bad_tokenizer_path(tmp_path, sst2_dir):
+    with pytest.raises(KitError, match=r"tokenizer folder .*no-such-tokenizer does not exist"):
+        preprocess(sst2_dir, str(tmp_path / "no-such-tokenizer"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output(tmp_path, small_tsv, minilm_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(KitError, match=r"output folder .*file/dataset cannot be written"):
+        preprocess(small_tsv, str(minilm_dir), blocker)
+
+
+@pytest.mark.parametrize("padding, max_length, pattern", [("short", 512, "padding='short'"),
+                                                          ("longest", 0, "max_length=0")])
+def test_bad_padding_parameters(small_tsv, minilm_dir, tmp_path, padding, max_length, pattern):
+    with pytest.raises(KitError, match=pattern):
+        preprocess(small_tsv, str(minilm_dir), tmp_path / "out", padding=padding, max_length=max_length)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_preprocess_full_sst2(sst2_dir, minilm_dir, tmp_path):
+    """The issue's command: all 67,349 + 872 rows in FlagPerf's schema."""
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "distil_kit", "preprocess", "--source", str(sst2_dir),
+                           "--tokenizer", str(minilm_dir), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "dataset" / "preprocess.json").read_text())
+    assert meta["splits"]["train"]["rows"] == 67_349 and meta["splits"]["dev"]["rows"] == 872
+    assert meta["splits"]["train"]["L"] == 66  # the longest training sentence, in tokens
+    bad = subprocess.run([sys.executable, "-m", "distil_kit", "preprocess", "--source", str(tmp_path / "nope"),
+                          "--tokenizer", str(minilm_dir), "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr

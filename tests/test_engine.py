@@ -1,0 +1,161 @@
+"""The fine-tuning engine: FlagPerf's recipe, the run folder contract, determinism, early stop, real weights."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from distil_kit import KitError, RunConfig, finetune
+from distil_kit.config import load_config
+from distil_kit.engine import optimizer_groups, total_optimizer_steps
+from distil_kit.modeling import load_classifier
+from distil_kit.records import EVAL_COLUMNS, PREDICTION_COLUMNS, STEP_COLUMNS, Run
+
+FLAGPERF_SUMMARY_KEYS = ["e2e_time", "train_time", "train_no_eval_time", "pure_training_computing_time",
+                         "throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute",
+                         "converged", "acc"]
+
+
+@pytest.fixture
+def tiny_run(tiny_model, sst2_dir, tmp_path):
+    """Run a tiny model on the first rows of real SST-2; keyword arguments override the config."""
+    def run(**changes) -> Run:
+        values = dict(model=str(tiny_model), data_dir=str(sst2_dir), output_dir=str(tmp_path / "run"), epochs=1,
+                      max_train_samples=256, train_batch_size=16, target_acc=None, log_every=1, save_model=False,
+                      overwrite=True)
+        return finetune(RunConfig.from_dict({**values, **changes}))
+    return run
+
+
+def test_optimizer_groups_follow_flagperf(tiny_model):
+    model = load_classifier(str(tiny_model))
+    decay, no_decay = optimizer_groups(model, weight_decay=0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    norm = ("LayerNorm.weight", "layer_norm.weight")
+    assert all(names[id(p)].endswith("bias") or names[id(p)].endswith(norm) for p in no_decay["params"])
+    assert any("layer_norm.weight" in names[id(p)] for p in no_decay["params"])
+    assert not any(names[id(p)].endswith("bias") for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("batches, accumulation, epochs, expected", [(2105, 1, 10, 21050), (2105, 8, 10, 2640),
+                                                                     (9, 4, 2, 6)])
+def test_schedule_length_counts_partial_accumulation_groups(batches, accumulation, epochs, expected):
+    assert total_optimizer_steps(batches, accumulation, epochs) == expected == math.ceil(batches / accumulation) * epochs
+
+
+def test_scheduler_decays_linearly_to_zero_over_all_steps(tiny_run):
+    run = tiny_run(gradient_accumulation_steps=3, epochs=2)
+    steps = run.steps
+    assert steps.step.max() == run.summary["steps"] == math.ceil(16 / 3) * 2  # 256 rows / 16 = 16 micro-batches
+    assert steps.lr.iloc[-1] == pytest.approx(0.0, abs=1e-12)
+    assert steps.lr.iloc[0] == pytest.approx(5e-5 * (1 - 1 / 12))
+    assert run.summary["global_batch_size"] == 48
+
+
+def test_run_folder_contract(tiny_run):
+    run = tiny_run(epochs=2)
+    folder = run.folder
+    for name in ("config.json", "steps.csv", "evals.csv", "summary.json", "manifest.json", "predictions.csv"):
+        assert (folder / name).is_file(), name
+    assert list(pd.read_csv(folder / "steps.csv").columns) == STEP_COLUMNS
+    assert list(pd.read_csv(folder / "evals.csv").columns) == EVAL_COLUMNS
+    assert list(pd.read_csv(folder / "predictions.csv").columns) == PREDICTION_COLUMNS
+    summary = json.loads((folder / "summary.json").read_text())
+    assert all(k in summary for k in FLAGPERF_SUMMARY_KEYS + ["best_acc", "epochs_run", "time_to_target",
+                                                             "train_samples", "train_tokens", "tokens_per_s",
+                                                             "peak_memory_gib"])
+    assert summary["train_samples"] == 512 and summary["epochs_run"] == 2
+    assert summary["e2e_time"] >= summary["train_time"] >= summary["train_no_eval_time"] \
+        >= summary["pure_training_computing_time"] > 0
+    assert summary["throughput(ips)_no_eval"] == pytest.approx(512 / summary["train_no_eval_time"], rel=1e-2)  # times are rounded to ms
+    evals = run.evals
+    assert evals.epoch.tolist() == [0, 1, 2]  # before training and after every epoch
+    assert summary["acc"] == evals.accuracy.iloc[-1] and summary["best_acc"] == evals.accuracy.max()
+    preds = run.predictions
+    assert len(preds) == 872 and sorted(preds.idx) == list(range(872))
+    assert (preds.label == preds.pred).mean() == pytest.approx(summary["acc"])
+    manifest = run.manifest
+    assert manifest["seed"] == 0 and manifest["torch"] == torch.__version__
+    assert set(manifest["data_files"]) and all(len(h) == 64 for h in manifest["data_files"].values())
+    assert manifest["model_weights"]["model.safetensors"]
+    config = run.config
+    assert set(config) == set(RunConfig.field_names()) and config["precision"] == "fp32"
+
+
+def test_same_seed_same_losses_other_seed_differs(tiny_run, tmp_path):
+    a = tiny_run(output_dir=str(tmp_path / "a")).steps.loss.tolist()
+    b = tiny_run(output_dir=str(tmp_path / "b")).steps.loss.tolist()
+    c = tiny_run(output_dir=str(tmp_path / "c"), seed=1).steps.loss.tolist()
+    assert a == b
+    assert a != c
+
+
+def test_early_stop_at_target(tiny_run):
+    # An untrained tiny model scores about the majority share (0.509) on dev: a target of 0.4 is met at epoch 1.
+    run = tiny_run(epochs=3, target_acc=0.4)
+    assert run.summary["converged"] is True and run.summary["epochs_run"] == 1
+    assert run.summary["time_to_target"] == pytest.approx(run.evals.train_s.iloc[1])
+    assert run.evals.epoch.tolist() == [0, 1]
+
+
+def test_save_model_reloads(tiny_run):
+    run = tiny_run(save_model=True)
+    model = load_classifier(str(run.folder / "model"))
+    assert model.config.num_labels == 2
+    assert (run.folder / "model" / "tokenizer.json").is_file() or (run.folder / "model" / "vocab.txt").is_file()
+
+
+def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
+    import subprocess
+    import sys
+
+    params = tmp_path / "p.yaml"
+    params.write_text(f"model: {tiny_model}\ndata_dir: {sst2_dir}\nepochs: 1\nmax_train_samples: 64\n"
+                      f"target_acc: null\nsave_model: false\n")
+    out = tmp_path / "cli-run"
+    proc = subprocess.run([sys.executable, "-m", "distil_kit", "finetune", "--params", str(params),
+                           "--set", f"output_dir={out}", "--set", "train_batch_size=16"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["train_batch_size"] == 16
+    assert "acc" in proc.stdout
+
+
+def test_config_sources_agree(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("epochs: 3\nlr: 1.0e-4\n")
+    config = load_config(params, ["train_batch_size=8", "target_acc=null"])
+    assert (config.epochs, config.lr, config.train_batch_size, config.target_acc) == (3, 1e-4, 8, None)
+    with pytest.raises(KitError, match=r"p.yaml: unknown parameter 'epoch'"):
+        params.write_text("epoch: 3\n")
+        load_config(params)
+
+
+@pytest.mark.slow
+def test_finetune_notebook_smoke_run(tiny_model, sst2_dir, tmp_path):
+    import papermill
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    smoke = __import__("yaml").safe_load((root / "params" / "smoke.yaml").read_text())
+    out = tmp_path / "nb-run"
+    papermill.execute_notebook(str(root / "notebooks" / "finetune.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={**smoke, "model": str(tiny_model), "data_dir": str(sst2_dir),
+                                           "output_dir": str(out)},
+                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    run = Run(out)
+    assert run.finished and run.summary["train_samples"] == smoke["max_train_samples"]
+    assert list(run.steps.columns) == STEP_COLUMNS and len(run.predictions) == 872
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_path):
+    """Real pretrained weights (all-MiniLM-L6-v2, not DistilBERT) on 2,000 SST-2 rows for one epoch.
+
+    Measured on the 2-core CPU: 0.xx dev accuracy (see the issue note); the dev majority baseline is 0.509.
+    """
+    run = finetune(RunConfig(model=str(minilm_dir), data_dir=str(sst2_dir), output_dir=str(tmp_path / "m"),
+                             epochs=1, max_train_samples=2000, target_acc=None, save_model=False))
+    assert run.summary["acc"] >= 0.70
