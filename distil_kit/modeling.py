@@ -63,11 +63,13 @@ def model_folder(name: str) -> Path | None:
 
 def load_classifier(name: str, num_labels: int = 2):
     """``AutoModelForSequenceClassification`` with a fresh 2-label head on a hub id or a checked folder."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     folder = model_folder(name)
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(str(folder or name), num_labels=num_labels)
+    try:  # fp32 master weights whatever the file holds (transformers 5 would keep an fp16 file's dtype)
+        return AutoModelForSequenceClassification.from_pretrained(str(folder or name), num_labels=num_labels,
+                                                                  dtype=torch.float32)
     except (OSError, ValueError) as e:
         if folder is not None:
             raise KitError(f"model folder {folder} could not be loaded: {str(e).splitlines()[0][:160]}") from e
