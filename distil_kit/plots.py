@@ -1,0 +1,283 @@
+"""One function per figure, each returning a matplotlib Figure that nobody has shown: a notebook displays
+it, ``save_figures`` writes it. Figures are built without pyplot, so no global state or GUI backend is
+involved and nothing needs closing.
+
+Every figure colours a run the same way (by its position in ``runs``) and names it by its short label.
+"""
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from . import analysis
+from .atomic import write_atomic
+from .data import Split
+
+DPI = 120
+PALETTE = matplotlib.colormaps["tab10"].colors
+THROUGHPUTS = analysis.THROUGHPUTS
+METRIC_NAMES = {  # FlagPerf's throughput names, with what each divides the trained samples by
+    "throughput(ips)_raw": "raw: training loop, evaluation included",
+    "throughput(ips)_no_eval": "no_eval: training loop without evaluation",
+    "throughput(ips)_pure_compute": "pure_compute: forward + backward + step only",
+}
+
+
+class _Figure(Figure):
+    """A Figure that renders itself as the PNG of a notebook cell: Jupyter registers a display hook only for
+    figures made through pyplot."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def _colors(n: int) -> list:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def _legend(fig: Figure, labels, colors, extra=()) -> None:
+    """A legend under the axes: one coloured line per run, then ``extra`` (handle, text) pairs for styles."""
+    handles = [Line2D([], [], color=c, lw=2) for c in colors] + [h for h, _ in extra]
+    texts = list(labels) + [t for _, t in extra]
+    ncols = 2 if len(texts) > 3 and max(map(len, texts)) < 75 else 1
+    fig.legend(handles, texts, loc="outside lower center", ncols=ncols, fontsize="small")
+
+
+def _style(text: str, **line) -> tuple[Line2D, str]:
+    return Line2D([], [], **{"color": "0.3", **line}), text
+
+
+def loss_figure(runs, smoothing: float = 0.9) -> Figure:
+    """Training loss against step (logged values faint, their EMA solid), learning rate on the right axis."""
+    runs = analysis.run_list(runs)
+    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    fig = _Figure(figsize=(10, 6), layout="constrained")
+    ax = fig.add_subplot()
+    lr_ax = ax.twinx()
+    for run, label, color in zip(runs, labels, colors):
+        s = run.steps
+        ax.plot(s.step, s.loss, color=color, alpha=0.3, lw=1)
+        ax.plot(s.step, s.loss.ewm(alpha=1 - smoothing).mean(), color=color, lw=2, label=label)
+        lr_ax.plot(s.step, s.lr, color=color, ls="--", lw=1)
+    ax.set(title="Training loss and learning rate", xlabel="training step (optimizer updates)",
+           ylabel="training loss (cross-entropy, mean over the log window)")
+    lr_ax.set_ylabel("learning rate (dashed)")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    lr_ax.set_ylim(bottom=0)
+    _legend(fig, labels, colors, [_style("loss as logged", alpha=0.3, lw=1),
+                                  _style(f"loss, exponential moving average (weight {smoothing})", lw=2),
+                                  _style("learning rate (right axis)", ls="--", lw=1)])
+    return fig
+
+
+def accuracy_figure(runs) -> Figure:
+    """Dev accuracy against epoch and against training seconds (time to accuracy), with the target line."""
+    runs = analysis.run_list(runs)
+    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    fig = _Figure(figsize=(12, 5.5), layout="constrained")
+    by_epoch, by_time = fig.subplots(1, 2, sharey=True)
+    for run, label, color in zip(runs, labels, colors):
+        e = run.evals
+        by_epoch.plot(e.epoch, e.accuracy, color=color, marker="o", label=label)
+        by_time.plot(e.train_s, e.accuracy, color=color, marker="o", label=label)
+    targets = sorted({float(r.config["target_acc"]) for r in runs if r.config["target_acc"] is not None})
+    for ax in (by_epoch, by_time):
+        for target in targets:
+            ax.axhline(target, color="black", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+    by_epoch.set(title="Dev accuracy per epoch (epoch 0: before training)", xlabel="epoch",
+                 ylabel="dev accuracy (fraction correct)")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_time.set(title="Time to accuracy", xlabel="training time, evaluation included (seconds)")
+    by_time.tick_params(labelleft=True)
+    fig.suptitle("Dev accuracy while training")
+    target = _style(f"target accuracy {', '.join(f'{t:g}' for t in targets)}", color="black", ls=":", lw=1)
+    _legend(fig, labels, colors, [target] if targets else [])
+    return fig
+
+
+def throughput_figure(runs) -> Figure:
+    """Training throughput in samples/s and (real, unpadded) tokens/s against step."""
+    runs = analysis.run_list(runs)
+    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    fig = _Figure(figsize=(10, 7), layout="constrained")
+    samples_ax, tokens_ax = fig.subplots(2, 1, sharex=True)
+    for run, label, color in zip(runs, labels, colors):
+        s = run.steps
+        samples_ax.plot(s.step, s.samples_per_s, color=color, marker=".", label=label)
+        tokens_ax.plot(s.step, s.tokens_per_s, color=color, marker=".", label=label)
+    samples_ax.set(title="Training throughput over each log window (all devices together)",
+                   ylabel="samples/s")
+    tokens_ax.set(xlabel="training step (optimizer updates)", ylabel="tokens/s")
+    for ax in (samples_ax, tokens_ax):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    _legend(fig, labels, colors)
+    return fig
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _bars(ax, y, values, height, color, hatch, label=None) -> None:
+    values = values.astype(float)
+    bars = ax.barh(y, values, height, color=color, hatch=hatch, edgecolor="white", label=label)
+    ax.bar_label(bars, labels=_value_labels(values), fontsize=7, padding=2)
+
+
+def _scale(ax, values, unit: str) -> str:
+    """A log axis where values span more than 20x (CPU runs beside A100s); returns the axis label."""
+    values = values.to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size and values.max() > 20 * values.min():
+        ax.set_xscale("log")
+        return f"{unit} (log scale)"
+    return unit
+
+
+def _value_labels(values) -> list[str]:
+    return [f"{v:,.1f}" if np.isfinite(v) else "n/a" for v in values]
+
+
+def flagperf_figure(runs, published: bool = True) -> Figure:
+    """FlagPerf's metrics per run: the three throughputs and e2e_time, with FlagPerf's published A100 rows
+    (hatched) when ``published``."""
+    table = analysis.comparison_table(runs, published)
+    hatch = ["//" if src == "published" else "" for src in table.source]
+    y = np.arange(len(table))
+    fig = _Figure(figsize=(13, 2.5 + 0.75 * len(table)), layout="constrained")
+    rates, e2e = fig.subplots(1, 2, sharey=True, width_ratios=(2, 1))
+    height = 0.8 / len(THROUGHPUTS)
+    for i, (metric, color) in enumerate(zip(THROUGHPUTS, _colors(len(THROUGHPUTS)))):
+        _bars(rates, y + (i - 1) * height, table[metric], height, color, hatch, label=METRIC_NAMES[metric])
+    _bars(e2e, y, table["e2e_time_s"], 0.5, "0.6", hatch)
+    rates.set(yticks=y, yticklabels=[_wrap(label) for label in table.label], ylabel="run",
+              title="Training throughput (FlagPerf's ips)", xlabel=_scale(rates, table[list(THROUGHPUTS)], "samples/s"))
+    e2e.set(title="End-to-end time (e2e_time)", xlabel=_scale(e2e, table[["e2e_time_s"]], "seconds"))
+    rates.invert_yaxis()  # first run on top
+    for ax in (rates, e2e):
+        ax.margins(x=0.15)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("FlagPerf metrics: measured runs" + (", and FlagPerf's published A100 results (hatched, not "
+                                                      "measured here)" if published else ""))
+    fig.legend(*rates.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
+    return fig
+
+
+def confusion_figure(runs) -> Figure:
+    """A 2x2 confusion matrix on dev per run: counts, and each cell's share of its true class."""
+    runs = analysis.run_list(runs)
+    cols = min(len(runs), 3)
+    rows = -(-len(runs) // cols)
+    fig = _Figure(figsize=(4.2 * cols, 4.2 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    classes = ["negative (0)", "positive (1)"]
+    for ax, run, label in zip(axes, runs, analysis.run_labels(runs)):
+        counts = analysis.confusion(run)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (t, p), n in np.ndenumerate(counts):
+            ax.text(p, t, f"{n}\n{share[t, p]:.1%} of true", ha="center", va="center",
+                    color="white" if share[t, p] > 0.6 else "black")
+        title = f"{_wrap(label)}\naccuracy {np.trace(counts) / counts.sum():.3f} on {counts.sum()} sentences"
+        ax.set(xticks=[0, 1], xticklabels=classes, yticks=[0, 1], yticklabels=classes,
+               xlabel="predicted label", ylabel="true label", title=title)
+        ax.title.set_fontsize("small")
+    for ax in axes[len(runs):]:
+        ax.remove()
+    fig.suptitle("Confusion matrix on dev")
+    return fig
+
+
+def calibration_figure(runs, bins: int = 10) -> Figure:
+    """Reliability curve: predicted P(positive) against the share actually positive, with the sentences per bin."""
+    runs = analysis.run_list(runs)
+    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    fig = _Figure(figsize=(10, 8.5), layout="constrained")
+    curve, counts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    curve.plot([0, 1], [0, 1], color="black", ls=":", lw=1)
+    texts = []
+    for run, label, color in zip(runs, labels, colors):
+        table = analysis.calibration(run, bins)
+        curve.plot(table.p_mean, table.frac_pos, color=color, marker="o", label=label)
+        counts.plot(table.p_mean, table.sentences, color=color, marker="o")
+        texts.append(f"{label} (ECE {analysis.expected_calibration_error(table):.3f})")
+    curve.set(title=f"Calibration on dev: {bins} bins of predicted P(positive); ECE: expected calibration error",
+              ylabel="share of the bin's sentences that are positive", xlim=(0, 1), ylim=(0, 1))
+    counts.set(xlabel="mean predicted P(positive) in the bin", ylabel="sentences in the bin", yscale="log")
+    for ax in (curve, counts):
+        ax.grid(alpha=0.3)
+    _legend(fig, texts, colors, [_style("perfect calibration", color="black", ls=":", lw=1)])
+    return fig
+
+
+def accuracy_by_length_figure(runs) -> Figure:
+    """Dev accuracy per sentence-length bucket (words), one line per run."""
+    runs = analysis.run_list(runs)
+    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    table = analysis.accuracy_by_length(runs)
+    fig = _Figure(figsize=(10, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, color in zip(labels, colors):
+        rows = table[table.run == label]
+        ax.plot(np.arange(len(rows)), rows.accuracy, color=color, marker="o", label=label)
+    first = table[table.run == labels[0]]
+    # Counts under the buckets only when every run saw the same dev sentences.
+    shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
+    ax.set_xticks(np.arange(len(first)), [f"{b}\n({n} sentences)" if shared else b
+                                          for b, n in zip(first.length_words, first.sentences)])
+    ax.set(title="Dev accuracy by sentence length", xlabel="sentence length (words)",
+           ylabel="dev accuracy (fraction correct)")
+    ax.grid(alpha=0.3)
+    _legend(fig, labels, colors)
+    return fig
+
+
+def token_length_histogram(splits: dict[str, Split], max_length: int = 512) -> Figure:
+    """Real (unpadded) token lengths per split, as shares of the split's rows, against the stored width L
+    (dashed, the split's colour) and ``max_length`` (FlagPerf pads every row to 512)."""
+    fig = _Figure(figsize=(10, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    for (name, split), color in zip(splits.items(), _colors(len(splits))):
+        lengths, width = split.lengths, int(split.input_ids.shape[1])
+        ax.hist(lengths, bins=np.arange(lengths.min() - 0.5, lengths.max() + 1.5),
+                weights=np.full(len(lengths), 1 / len(lengths)), histtype="step", lw=1.5, color=color,
+                label=f"{name}: {len(split):,} rows, mean {lengths.mean():.1f} tokens "
+                      f"({lengths.mean() / max_length:.0%} of {max_length}), max {lengths.max()}")
+        ax.axvline(width, color=color, ls="--", lw=1, label=f"{name}: stored width L = {width}")
+    ax.axvline(max_length, color="black", ls=":", lw=1, label=f"FlagPerf's padded width {max_length}")
+    # A log axis: real lengths (tens of tokens) stay readable beside the 512-token padded width.
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if t < max_length] + [max_length]
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlim(0.9, max_length * 1.2)
+    ax.set(title="Token lengths per split: real tokens against the padded width",
+           xlabel="real tokens per sentence, special tokens included (log scale)", ylabel="share of the split's rows")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
+    return fig
+
+
+def figures(runs, published: bool = True) -> dict[str, Figure]:
+    """Every figure of the report, by file stem."""
+    runs = analysis.run_list(runs)
+    return {"loss": loss_figure(runs), "accuracy": accuracy_figure(runs), "throughput": throughput_figure(runs),
+            "flagperf": flagperf_figure(runs, published), "confusion": confusion_figure(runs),
+            "calibration": calibration_figure(runs), "accuracy_by_length": accuracy_by_length_figure(runs)}
+
+
+def save_figures(figs: dict[str, Figure], out_dir, dpi: int = DPI) -> list[Path]:
+    """Each figure as ``<out_dir>/<name>.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=dpi))
+            for name, fig in figs.items()]

@@ -1,0 +1,297 @@
+"""Analysis: run folders read back, tables, figures, the report and the analysis notebook.
+
+Run folders are written here by ``write_run`` following docs/run-folder.md, with plausible values.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distil_kit import analysis, plots, records, reference
+from distil_kit.data import Split
+from distil_kit.errors import KitError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length")
+TABLES = ("comparison", "seeds", "confidently_wrong", "accuracy_by_length")
+WORDS = "the a film movie is not good bad quite charming dull and but with its story acting funny".split()
+
+
+def write_run(folder: Path, *, model="distilbert-base-uncased", precision="fp32", batch=32, device="cpu",
+              seed=0, epochs=3, skill=0.9, speed=40.0, dev_rows=80) -> Path:
+    """A finished run folder with the contract's files, columns and keys; values depend on ``seed``."""
+    rng = np.random.default_rng(seed + 1000 * int(skill * 100) + batch)
+    folder.mkdir(parents=True)
+    config = {"model": model, "data_dir": "data/sst2", "epochs": epochs, "train_batch_size": batch,
+              "gradient_accumulation_steps": 1, "precision": precision, "seed": seed, "target_acc": 0.91,
+              "fast": False, "bucket_batches": False, "compile": False, "output_dir": str(folder)}
+    steps_per_epoch = 20
+    step = np.arange(1, epochs * steps_per_epoch + 1, 2)
+    samples_per_s = speed * (1 + 0.05 * rng.standard_normal(len(step)))
+    steps = pd.DataFrame({
+        "step": step, "epoch": step / steps_per_epoch,
+        "loss": 0.7 * np.exp(-step / 15) + 0.15 + 0.05 * rng.random(len(step)),
+        "lr": 5e-5 * (1 - step / (epochs * steps_per_epoch)),
+        "samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * 25,
+        "elapsed_s": step * batch / speed})
+    accuracy = np.concatenate([[0.5], skill - 0.05 / np.arange(1, epochs + 1) + 0.01 * rng.standard_normal(epochs)])
+    train_s = np.arange(epochs + 1) * steps_per_epoch * batch / speed * 1.05
+    evals = pd.DataFrame({"epoch": np.arange(epochs + 1), "step": np.arange(epochs + 1) * steps_per_epoch,
+                          "accuracy": accuracy, "eval_s": 2.0, "train_s": train_s})
+    label = rng.integers(0, 2, dev_rows)
+    prob_pos = np.clip(np.where(rng.random(dev_rows) < skill, label, 1 - label) * 0.8 + 0.1
+                       + 0.1 * rng.standard_normal(dev_rows), 0, 1)
+    sentences = [" ".join(rng.choice(WORDS, rng.integers(2, 45))) for _ in range(dev_rows)]
+    predictions = pd.DataFrame({"idx": np.arange(dev_rows), "sentence": sentences, "label": label,
+                                "pred": (prob_pos >= 0.5).astype(int), "prob_pos": prob_pos})
+    reached = np.flatnonzero(accuracy >= config["target_acc"])
+    e2e, train_time = train_s[-1] + 30, train_s[-1]
+    samples = epochs * steps_per_epoch * batch
+    summary = {
+        "e2e_time": e2e, "train_time": train_time, "train_no_eval_time": train_time * 0.95,
+        "pure_training_computing_time": train_time * 0.8, "throughput(ips)_raw": samples / train_time,
+        "throughput(ips)_no_eval": samples / (train_time * 0.95),
+        "throughput(ips)_pure_compute": samples / (train_time * 0.8),
+        "converged": bool(reached.size), "acc": float(accuracy[-1]), "best_acc": float(accuracy.max()),
+        "epochs_run": epochs, "steps": int(step[-1]),
+        "time_to_target": float(train_s[reached[0]]) if reached.size else None,
+        "train_samples": samples, "train_tokens": samples * 25, "tokens_per_s": speed * 25,
+        "peak_memory_gib": 1.5 + batch / 32, "compile_time": 0.0, "global_batch_size": batch, "world_size": 1,
+        "status": "finished"}
+    manifest = {"python": "3.11", "torch": "2.13", "transformers": "5.0", "cuda": None, "device": "cpu",
+                "device_name": device, "device_count": 1, "cpu": "test cpu", "git_commit": "0" * 40,
+                "data_files": {}, "model_weights": {}, "vocab_sha256": "0" * 64, "seed": seed,
+                "command": "test", "world_size": 1, "nodes": 1, "backend": None, "created": "2025-01-01T00:00:00"}
+    for name, obj in (("config.json", config), ("summary.json", summary), ("manifest.json", manifest)):
+        (folder / name).write_text(json.dumps(obj, indent=2))
+    for name, frame in (("steps.csv", steps), ("evals.csv", evals), ("predictions.csv", predictions)):
+        frame.to_csv(folder / name, index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    """Two configurations, the first repeated with seeds 1 and 2, and one unfinished run."""
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root / "a-seed0", seed=0)
+    write_run(root / "b-bf16", precision="bf16", batch=64, skill=0.95, speed=90.0)
+    write_run(root / "a-seed1", seed=1)
+    write_run(root / "a-seed2", seed=2)
+    (root / "c-unfinished").mkdir()
+    (root / "c-unfinished" / "config.json").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(run_root) -> list[analysis.RunRecords]:
+    return analysis.load_runs([run_root / "a-seed0", run_root / "b-bf16", run_root / "a-seed1",
+                               run_root / "a-seed2"])
+
+
+@pytest.fixture(scope="module")
+def figures(runs):
+    return plots.figures(runs)
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+def test_load_run_reads_the_contract(run_root):
+    run = analysis.load_run(run_root / "a-seed0")
+    for name, columns in analysis.CSV_COLUMNS.items():
+        frame = getattr(run, name.removesuffix(".csv"))
+        assert list(frame.columns) == list(columns)
+        assert pd.read_csv(run_root / "a-seed0" / name).equals(frame)
+    assert run.summary == json.loads((run_root / "a-seed0" / "summary.json").read_text())
+    assert analysis.run_label(run) == "distilbert-base-uncased, fp32, batch 32, cpu"
+
+
+def test_load_runs_expands_globs_keeps_finished_runs_once(run_root):
+    runs = analysis.load_runs([str(run_root / "a-*"), run_root / "a-seed1", str(run_root / "*")])
+    assert [r.folder.name for r in runs] == ["a-seed0", "a-seed1", "a-seed2", "b-bf16"]
+    with pytest.raises(KitError, match="matches no finished run folder"):
+        analysis.load_runs(str(run_root / "c-*"))
+
+
+def test_unfinished_run_is_named(run_root):
+    with pytest.raises(KitError, match=r"summary.json: file not found; the run is unfinished"):
+        analysis.load_run(run_root / "c-unfinished")
+
+
+def test_load_runs_takes_what_finetune_returns(run_root):
+    [run] = analysis.load_runs(records.Run(run_root / "b-bf16"))
+    assert run.config["precision"] == "bf16"
+
+
+def test_labels_tell_repeated_configurations_apart(runs):
+    labels = analysis.run_labels(runs)
+    assert labels[0] == "distilbert-base-uncased, fp32, batch 32, cpu [a-seed0]"
+    assert labels[1] == "distilbert-base-uncased, bf16, batch 64, cpu"
+    assert len(set(labels)) == len(labels)
+
+
+@pytest.mark.parametrize("name", records.RUN_FILES)
+def test_missing_file_is_named(tmp_path, name):
+    folder = write_run(tmp_path / "run")
+    (folder / name).unlink()
+    with pytest.raises(KitError, match=name) as e:
+        analysis.load_run(folder)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("steps.csv", "step,epoch,loss\n1,0.1,0.7\n2,0.2,0.6,9,9\n", "malformed CSV"),
+    ("evals.csv", "epoch,step,accuracy,eval_s,train_s\n0,0,0.5,1,0\n1,20,high,1,10\n", "line 3: accuracy 'high'"),
+    ("predictions.csv", "idx,sentence,label\n0,good,1\n", "missing column"),
+    ("predictions.csv", "idx,sentence,label,pred,prob_pos\n0,good,1,1,3.2\n", "prob_pos 3.2 is not a probability"),
+    ("steps.csv", "", "malformed CSV"),
+    ("summary.json", '{"acc": 0.9,', "not valid JSON"),
+    ("manifest.json", "[1, 2]", "expected a JSON object"),
+    ("config.json", '{"model": "m"}', "missing key"),
+])
+def test_malformed_file_is_named(tmp_path, name, text, match):
+    folder = write_run(tmp_path / "run")
+    (folder / name).write_text(text)
+    with pytest.raises(KitError, match=match) as e:
+        analysis.load_run(folder)
+    assert str(folder / name) in str(e.value) and "\n" not in str(e.value)
+
+
+# --- tables ---------------------------------------------------------------------------------------------------
+
+def test_comparison_table_holds_summary_values_and_published_rows(runs):
+    table = analysis.comparison_table(runs)
+    measured = table[table.source == "measured"]
+    assert len(measured) == len(runs)
+    for (_, row), run in zip(measured.iterrows(), runs):
+        for column, key in analysis.SUMMARY_COLUMNS.items():
+            expected = run.summary[key]
+            assert row[column] == expected or (expected is None and pd.isna(row[column])), column
+        assert row.device == run.manifest["device_name"] and row.precision == run.config["precision"]
+    published = table[table.source == "published"]
+    assert len(published) == len(reference.ROWS)
+    assert (published.device == reference.DEVICE).all() and (published.run == reference.SOURCE).all()
+    assert published["throughput(ips)_raw"].tolist() == [1764.0, 2019.1, 283.7, 3531.1]
+    assert published["e2e_time_s"].tolist() == [361.0, 334.7, 720.8, 58.9]
+    assert published["time_to_target_s"].isna().all()  # FlagPerf published none: nothing is filled in
+    assert set(table.source) == {"measured", "published"}
+    assert (analysis.comparison_table(runs, published=False).source == "measured").all()
+
+
+def test_seed_groups_mean_std_and_count(runs):
+    groups = analysis.seed_groups(runs).set_index("seeds")
+    a = [r for r in runs if r.config["precision"] == "fp32"]
+    acc = np.array([r.summary["acc"] for r in a])
+    ttt = np.array([r.summary["time_to_target"] for r in a if r.summary["time_to_target"] is not None])
+    assert groups.loc["0, 1, 2", "runs"] == 3
+    assert groups.loc["0, 1, 2", "final_acc_mean"] == pytest.approx(acc.mean())
+    assert groups.loc["0, 1, 2", "final_acc_std"] == pytest.approx(acc.std(ddof=1))
+    assert groups.loc["0, 1, 2", "reached_target"] == len(ttt)
+    if len(ttt) > 1:
+        assert groups.loc["0, 1, 2", "time_to_target_s_mean"] == pytest.approx(ttt.mean())
+    assert groups.loc["0", "runs"] == 1 and np.isnan(groups.loc["0", "final_acc_std"])
+
+
+def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs):
+    run = runs[0]
+    predictions = pd.DataFrame({"idx": [0, 1, 2, 3, 4], "sentence": ["a", "b", "c", "d", "e"],
+                                "label": [1, 0, 1, 0, 1], "pred": [0, 1, 1, 0, 0],
+                                "prob_pos": [0.3, 0.95, 0.99, 0.01, 0.1]})
+    fake = analysis.RunRecords(**{**run.__dict__, "predictions": predictions})
+    top = analysis.confidently_wrong(fake, k=2)
+    assert top.idx.tolist() == [1, 4]  # 0.95 for positive, then 0.9 for negative; the right ones never appear
+    assert top.confidence.tolist() == pytest.approx([0.95, 0.9])
+    assert len(analysis.confidently_wrong(runs, k=3)) == 3 * len(runs)
+
+
+def test_accuracy_by_length_buckets_every_sentence(runs):
+    table = analysis.accuracy_by_length(runs)
+    first = table[table.run == analysis.run_labels(runs)[0]]
+    p = runs[0].predictions
+    assert first.sentences.sum() == len(p)
+    overall = (first.sentences * first.accuracy.fillna(0)).sum() / first.sentences.sum()
+    assert overall == pytest.approx((p.label == p.pred).mean())
+    assert first.length_words.iloc[0] == "1-5" and first.length_words.iloc[-1] == "41+"
+
+
+# --- figures --------------------------------------------------------------------------------------------------
+
+def _labelled(ax, axis: str) -> bool:
+    """The axis has a label, or shares it with an axes that has one (stacked panels, a twin axis)."""
+    shared = ax.get_shared_x_axes() if axis == "x" else ax.get_shared_y_axes()
+    return any(getattr(a, f"get_{axis}label")() for a in shared.get_siblings(ax))
+
+
+def test_figures_have_titles_labelled_axes_and_legends(figures, runs):
+    assert set(figures) == set(FIGURES)
+    for name, fig in figures.items():
+        assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), name
+        for ax in fig.axes:
+            assert _labelled(ax, "x") and _labelled(ax, "y"), (name, ax.get_title())
+    labels = analysis.run_labels(runs)
+    for name in ("loss", "accuracy", "throughput", "calibration", "accuracy_by_length"):
+        legend_texts = [t.get_text() for t in figures[name].legends[0].get_texts()]
+        assert all(any(label in text for text in legend_texts) for label in labels), name
+
+
+def test_accuracy_figure_has_one_line_per_run(figures, runs):
+    for ax in figures["accuracy"].axes:
+        named = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert named == analysis.run_labels(runs)
+
+
+def test_accuracy_figure_without_target(runs):
+    run = runs[0]
+    untargeted = analysis.RunRecords(**{**run.__dict__, "config": {**run.config, "target_acc": None}})
+    fig = plots.accuracy_figure(untargeted)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [analysis.run_label(run)]
+
+
+def test_token_length_histogram():
+    mask = np.zeros((6, 12), dtype=np.int64)
+    for row, n in enumerate([3, 5, 5, 8, 12, 2]):
+        mask[row, :n] = 1
+    split = Split(idx=np.arange(6), sentence=np.array(["x"] * 6), label=np.zeros(6, dtype=np.int64),
+                  input_ids=mask.copy(), attention_mask=mask)
+    fig = plots.token_length_histogram({"train": split, "dev": split.head(3)})
+    ax = fig.axes[0]
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "train: stored width L = 12" in texts and "dev: stored width L = 12" in texts
+    assert any("512" in t for t in texts)
+
+
+def test_report_writes_every_figure_and_table(run_root, tmp_path):
+    written = analysis.report([str(run_root / "*")], tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == set(written) == \
+        {f"{stem}.png" for stem in FIGURES} | {f"{stem}.csv" for stem in TABLES}
+    for stem in FIGURES:
+        png = tmp_path / "out" / f"{stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    for stem in TABLES:
+        assert not pd.read_csv(tmp_path / "out" / f"{stem}.csv").empty
+    comparison = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert comparison.run.tolist()[:4] == [str(run_root / n) for n in ("a-seed0", "a-seed1", "a-seed2", "b-bf16")]
+
+
+# --- the notebook ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out_dir = tmp_path / "analysis_out"
+    nb = papermill.execute_notebook(str(ROOT / "notebooks" / "analysis.ipynb"), str(tmp_path / "out.ipynb"),
+                                    parameters={"runs": [str(run_root / "a-seed0"), str(run_root / "b-bf16")],
+                                                "out_dir": str(out_dir)},
+                                    cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == len(FIGURES)  # every figure shows inline
+    for stem in FIGURES:
+        assert (out_dir / f"{stem}.png").stat().st_size > 0
+    comparison = pd.read_csv(out_dir / "comparison.csv")
+    measured = comparison[comparison.source == "measured"]
+    assert measured.final_acc.tolist() == pytest.approx(
+        [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")])
