@@ -138,8 +138,8 @@ def _expand(pattern: str) -> list[Path]:
 
 
 def run_list(runs) -> list[RunRecords]:
-    """``runs`` as a list: one RunRecords or an iterable of them."""
-    return [runs] if isinstance(runs, RunRecords) else list(runs)
+    """``runs`` as loaded records: whatever ``load_runs`` takes (a Run from ``finetune``, folders, globs)."""
+    return load_runs(runs)
 
 
 # --- labels ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import KitError
@@ -22,7 +23,7 @@ def _finetune(args) -> None:
 
     overrides = {"resume": True} if args.resume else {}
     run = finetune(load_config(args.params, args.set, **overrides))
-    if run.finished:
+    if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         s = run.summary
         print(f"run folder: {run.folder}\nacc {s['acc']:.4f} (best {s['best_acc']:.4f}), converged {s['converged']}, "
               f"{s['epochs_run']} epochs, train_time {s['train_time']:.1f}s, "
@@ -32,8 +33,7 @@ def _finetune(args) -> None:
 def _report(args) -> None:
     from .analysis import report
 
-    written = report(args.runs, args.out)
-    for path in written.values() if isinstance(written, dict) else written:
+    for path in report(args.runs, args.out).values():
         print(path)
 
 
