@@ -125,6 +125,37 @@ def throughput_figure(runs) -> Figure:
     return fig
 
 
+def benchmark_figure(table) -> Figure:
+    """The benchmark script's table (a CSV path or its DataFrame): samples/s per variant, with the ratios to
+    FlagPerf's recipe and to the HF Trainer script written on the bars."""
+    import pandas as pd
+
+    frame = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
+    fig = _Figure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(frame))[::-1]
+    bars = ax.barh(y, frame.samples_per_s, color=_colors(len(frame)))
+    ax.bar_label(bars, labels=[f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer)" for v, a, b in
+                               zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer)],
+                 fontsize=8, padding=3)
+    ax.set_yticks(y, [f"{v}: {label}\n{p}" for v, label, p in zip(frame.variant, frame.label, frame.precision)])
+    ax.set_xlim(0, frame.samples_per_s.max() * 1.6)
+    first = frame.iloc[0]
+    ax.set(title=f"Training throughput per variant, {first.device_name}\n{first.model}, first {int(first.rows)} "
+                 f"SST-2 training rows, batch 32",
+           xlabel="training samples/s (one epoch, evaluation and compile time excluded)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def benchmark_figures(patterns) -> dict[str, Figure]:
+    """One ``benchmark_figure`` per benchmark CSV matched by ``patterns`` (paths or globs), named by file."""
+    import glob
+
+    paths = sorted({p for pattern in patterns for p in glob.glob(str(pattern))})
+    return {Path(p).stem: benchmark_figure(p) for p in paths}
+
+
 def _wrap(text: str, width: int = 40) -> str:
     return "\n".join(textwrap.wrap(text, width))
 

@@ -295,3 +295,13 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     measured = comparison[comparison.source == "measured"]
     assert measured.final_acc.tolist() == pytest.approx(
         [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")])
+
+
+def test_benchmark_figure_from_committed_results(tmp_path):
+    results = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("bench-*.csv"))
+    assert results, "benchmarks/results/ holds no benchmark CSV"
+    figures = plots.benchmark_figures([results[0]])
+    ax = next(iter(figures.values())).axes[0]
+    assert len(ax.get_yticklabels()) == 4 and ax.get_xlabel() and ax.get_title()
+    written = plots.save_figures(figures, tmp_path)
+    assert written[0].stat().st_size > 10_000
