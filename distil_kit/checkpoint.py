@@ -52,5 +52,6 @@ def load_latest(folder: Path) -> tuple[dict, Path]:
         except Exception as e:  # a truncated zip raises RuntimeError, EOFError or pickle errors, by version
             tried.append(f"{path.name} ({type(e).__name__})")
     if not tried:
-        raise KitError(f"{folder}: no checkpoint to resume from")
+        raise KitError(f"{folder}: no checkpoint to resume from (the run stopped before its first one); start "
+                       f"over with overwrite: true")
     raise KitError(f"{folder}: no readable checkpoint (tried {', '.join(tried)}); start over with overwrite: true")

@@ -189,6 +189,8 @@ def read_npz(path: Path, vocab_size: int | None = None) -> Split:
             arrays = {k: z[k] for k in NPZ_KEYS}
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise KitError(f"{path}: not a readable npz file ({e})") from e
+    except KitError:  # the missing-key error above: a ValueError too, already worded
+        raise
     except ValueError as e:  # object arrays need pickle, which we never enable for data files
         raise KitError(f"{path}: {str(e).splitlines()[0]}; 'sentence' must be a numpy unicode array") from e
     split = Split(**{k: arrays[k] for k in ("idx", "sentence", "label")},

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import KitError
+
 
 @dataclass(frozen=True)
 class World:
@@ -53,6 +55,24 @@ def gather_objects(obj, world: World) -> list:
     out = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(world: World, work) -> None:
+    """Call ``work()`` on rank 0 only (file writes); its failure is raised on every rank, so that no other rank
+    waits forever in the next collective for a rank that has gone."""
+    error = None
+    if world.main:
+        try:
+            work()
+        except Exception as e:
+            error = e
+    if world.distributed:
+        shared = [f"rank 0 failed ({type(error).__name__}): {error}" if error is not None else None]
+        dist.broadcast_object_list(shared, src=0)
+        if not world.main and shared[0] is not None:
+            raise KitError(shared[0])
+    if error is not None:
+        raise error
 
 
 def barrier(world: World) -> None:

@@ -196,7 +196,7 @@ class _Engine:
                 model, device_ids=[self.device.index] if self.cuda else None)
         if self.cfg.compile:
             mode = "reduce-overhead" if self.cfg.cuda_graphs else None
-            wrapped = torch.compile(wrapped, mode=mode, dynamic=False)
+            wrapped = torch.compile(wrapped, mode=mode)  # automatic dynamic shapes: few recompiles
         return wrapped
 
     def autocast(self):
@@ -401,9 +401,9 @@ class _Engine:
     def save_checkpoint(self) -> None:
         rng = distributed.gather_objects(checkpoint.rng_state(), self.world)
 
-        def write():
-            checkpoint.save(self.state_dict(rng), self.out / "checkpoints", self.step)
+        def write():  # records first: a checkpoint on disk always has its records beside it
             self._save_records()
+            checkpoint.save(self.state_dict(rng), self.out / "checkpoints", self.step)
 
         distributed.on_main(self.world, write)
 
@@ -424,6 +424,7 @@ class _Engine:
                   f"({cfg.train_batch_size} per process x {self.world.size} process(es) x "
                   f"{cfg.gradient_accumulation_steps} accumulated); {self.total_steps} optimizer steps")
         epochs_bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", disable=quiet)
+        self.model.train()  # from_pretrained gives eval mode; a resumed run has had no evaluation to switch it back
         with signals:
             self._train_clock = time.perf_counter()
             while self.epoch < cfg.epochs and not self.converged:
@@ -565,5 +566,6 @@ def _resumed_config(cfg: RunConfig) -> RunConfig:
     if not cfg.output_dir or not saved.is_file():
         raise KitError(f"resume: output_dir {cfg.output_dir or '(empty)'} holds no run to resume; name the "
                        f"interrupted run's folder")
-    values = {**records.Run(saved.parent).config, "resume": True, "overwrite": False}
+    # output_dir as given: the folder may have been moved or copied since config.json was written
+    values = {**records.Run(saved.parent).config, "resume": True, "overwrite": False, "output_dir": cfg.output_dir}
     return RunConfig.from_dict(values, source=str(saved))

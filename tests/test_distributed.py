@@ -1,0 +1,326 @@
+"""Issue 7: the engine under DDP (gloo on CPU, two or three torchrun processes on one machine).
+
+This file is also the harness torchrun starts (``python tests/test_distributed.py MODE OUT CONFIG_JSON``, see the
+bottom): it runs the real engine with a few hooks that record, per rank, the training rows each micro-batch held,
+every file write, the ``no_sync`` contexts entered and the final weights.
+
+torchrun runs with ``--standalone`` (a c10d rendezvous on 127.0.0.1 and a free port it picks itself), so no port
+is guessed and no host name resolved; ``--redirects 3 --log-dir`` keeps each rank's stdout/stderr apart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distil_kit import distributed, engine
+from distil_kit.batching import EpochBatches, eval_batches
+from distil_kit.config import RunConfig
+from distil_kit.errors import KitError
+from distil_kit.records import Run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+
+ROWS = 297  # 37 global batches of 8 and one of a single row: rank 1 gets a filler row in the last batch
+BATCH = 4  # per process; the one-process run uses 2 * BATCH
+
+
+# --- the sampler and the evaluation split, every rank at once (no processes) --------------------------------
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_epoch_batches_cover_each_row_once_per_epoch(world_size, bucketed):
+    lengths = np.random.default_rng(0).integers(3, 60, size=103)
+    ranks = [EpochBatches(lengths, 4, seed=7, bucketed=bucketed, rank=r, world_size=world_size, chunk_batches=3)
+             for r in range(world_size)]
+    orders = []
+    for epoch in range(3):
+        per_rank = []
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+            per_rank.append(list(sampler))
+        assert len({len(batches) for batches in per_rank}) == 1, "every rank must run the same number of steps"
+        real = [row for batches in per_rank for batch in batches for row, weight in batch if weight > 0]
+        assert sorted(real) == list(range(len(lengths)))
+        for step in zip(*per_rank):  # each real row of a global batch weighs world size / its rows (DDP divides
+            weights = [w for batch in step for _, w in batch if w > 0]  # by the world size: a mean over the batch)
+            assert weights == pytest.approx([world_size / len(weights)] * len(weights))
+        orders.append(real)
+        ranks[0].set_epoch(epoch, skip=5)  # resuming mid-epoch yields the rest of the same epoch
+        assert list(ranks[0]) == per_rank[0][5:]
+    assert orders[0] != orders[1], "each epoch is a new seeded order"
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_batches_score_each_dev_row_once(world_size):
+    lengths = np.random.default_rng(1).integers(3, 60, size=872)
+    rows = [r for rank in range(world_size) for batch in eval_batches(lengths, 50, rank, world_size) for r in batch]
+    assert sorted(rows) == list(range(872))
+
+
+# --- real runs under torchrun ----------------------------------------------------------------------------------
+
+def _torchrun(nproc: int, mode: str, out: Path, config: dict) -> dict[int, str]:
+    """Run this file's harness under torchrun; returns each rank's stdout + stderr."""
+    proc, per_rank = _launch(nproc, out, [__file__, mode, str(out), json.dumps(config)])
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stderr[-3000:]}\n" + "\n".join(
+        f"--- rank {r} ---\n{text[-3000:]}" for r, text in per_rank.items())
+    return per_rank
+
+
+def _launch(nproc: int, out: Path, target: list[str]) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+    logs = out / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "--log-dir", str(logs), "--redirects", "3", *target]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    per_rank = {}
+    for rank in range(nproc):
+        found = list(logs.glob(f"*/attempt_0/{rank}"))
+        per_rank[rank] = "".join(p.read_text() for f in found for p in sorted(f.glob("*.log")))
+    return proc, per_rank
+
+
+def _train_config(model: Path, data: Path, out: Path, batch: int) -> dict:
+    return dict(model=str(model), data_dir=str(data), output_dir=str(out), epochs=2, max_train_samples=ROWS,
+                train_batch_size=batch, gradient_accumulation_steps=2, eval_batch_size=256, log_every=1,
+                checkpoint_every=7, target_acc=None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model without dropout: one process and two then differ only by the order of float sums."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, dropout=0.0, attention_dropout=0.0,
+                                                               seq_classif_dropout=0.0)
+    folder = tmp_path_factory.mktemp("still-model")
+    model.save_pretrained(folder)
+    for f in Path(tiny_model).glob("*"):
+        if f.name not in ("config.json", "model.safetensors"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, still_model, sst2_dir):
+    """Two processes of batch BATCH: the harness's per-rank records and the rank output."""
+    out = tmp_path_factory.mktemp("ddp")
+    config = _train_config(still_model, sst2_dir, out / "run", BATCH)
+    output = _torchrun(2, "train", out, config)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return {"out": out, "run": Run(out / "run"), "ranks": ranks, "output": output, "config": config}
+
+
+def test_ddp_every_training_row_seen_once_per_epoch(ddp_run):
+    for epoch in range(2):
+        rows = [row for rank in ddp_run["ranks"] for e, batch in rank["seen"] if e == epoch for row in batch]
+        assert sorted(rows) == list(range(ROWS)), f"epoch {epoch + 1}: rows missed or seen twice"
+    assert len(ddp_run["ranks"][0]["seen"]) == len(ddp_run["ranks"][1]["seen"])
+
+
+def test_ddp_no_sync_on_accumulation_micro_batches(ddp_run):
+    groups = -(-ROWS // (2 * BATCH)) // 2  # 38 micro-batches an epoch in 19 groups of 2: no_sync on the first
+    for rank in ddp_run["ranks"]:
+        assert rank["no_sync"] == 2 * groups  # two epochs
+
+
+def test_ddp_ranks_end_with_identical_weights(ddp_run):
+    from safetensors.torch import load_file
+
+    w0, w1 = (torch.load(ddp_run["out"] / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    saved = load_file(ddp_run["run"].folder / "model" / "model.safetensors")
+    assert all(torch.equal(saved[k], w0[k]) for k in saved)
+
+
+def test_ddp_run_folder_written_once_by_rank_0(ddp_run):
+    writes0, writes1 = (rank["writes"] for rank in ddp_run["ranks"])
+    assert writes1 == []
+    names = [Path(p).name for p in writes0]
+    for name in ("config.json", "manifest.json", "summary.json", "predictions.csv", "model"):
+        assert names.count(name) == 1, name
+    run = ddp_run["run"]
+    assert run.finished
+    assert {k: run.manifest[k] for k in ("world_size", "nodes", "backend")} == \
+        {"world_size": 2, "nodes": 1, "backend": "gloo"}
+    assert run.summary["world_size"] == 2
+    assert run.summary["global_batch_size"] == 2 * BATCH * 2
+    assert run.summary["train_samples"] == 2 * ROWS  # global: both ranks' rows, each row once per epoch
+    assert len(run.predictions) == 872 and run.predictions["idx"].is_unique
+
+
+def test_ddp_only_rank_0_prints(ddp_run):
+    rank0, rank1 = ddp_run["output"][0], ddp_run["output"][1]
+    assert "global batch 16" in rank0 and "epoch 1" in rank0  # the start line and the progress bars
+    assert rank1.strip() == "", f"rank 1 printed:\n{rank1[:2000]}"
+
+
+def test_two_ranks_of_batch_b_track_one_rank_of_batch_2b(ddp_run, tmp_path):
+    """Same global batches, same rows in each: the loss curves and weights agree up to float summation order.
+
+    Measured (tiny model without dropout, 2 epochs x 19 optimizer steps, uneven and filler last batches, torch
+    2.13 CPU): largest loss difference 1.0e-6 (one unit of steps.csv's 6th decimal), mean 2.6e-8; largest
+    weight difference 1.1e-8. The bounds (1e-5 on losses, 1e-6 on weights) leave room for other CPUs and
+    thread counts and stay far below what a wrong loss weighting gives (a factor 2 on the uneven last batch
+    moves that step's loss by 0.17). With dropout (the default tiny model) the two runs draw different masks:
+    losses then differ by up to 3.5e-3 (0.5%) and weights by 1.1e-3, which is why this test turns dropout off.
+    """
+    from safetensors.torch import load_file
+
+    config = {**ddp_run["config"], "train_batch_size": 2 * BATCH, "output_dir": str(tmp_path / "one")}
+    one = engine.finetune(config)
+    two = ddp_run["run"]
+    assert one.steps["step"].tolist() == two.steps["step"].tolist()
+    assert np.abs(one.steps["loss"] - two.steps["loss"]).max() <= 1e-5
+    assert one.steps["lr"].tolist() == pytest.approx(two.steps["lr"].tolist())
+    w1 = load_file(one.folder / "model" / "model.safetensors")
+    w2 = load_file(two.folder / "model" / "model.safetensors")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-6
+
+
+def test_ddp_resume_from_a_mid_epoch_checkpoint_continues_exactly(ddp_run, tmp_path):
+    """The DDP run's folder as a kill in epoch 2 would leave it: checkpoints up to step 35 of 38 (mid-epoch,
+    batch position 32 of 38), no summary. Two processes resume it to the same records and weights."""
+    from safetensors.torch import load_file
+
+    run = Path(shutil.copytree(ddp_run["run"].folder, tmp_path / "run", ignore=shutil.ignore_patterns("step-38.pt")))
+    (run / "summary.json").unlink()
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-35.pt"]
+    _torchrun(2, "train", tmp_path, {"output_dir": str(run), "resume": True})
+    resumed, reference = Run(run), ddp_run["run"]
+    assert resumed.finished
+    assert resumed.steps[["step", "loss", "lr"]].equals(reference.steps[["step", "loss", "lr"]])
+    assert resumed.evals["accuracy"].equals(reference.evals["accuracy"])
+    ours, theirs = (load_file(r.folder / "model" / "model.safetensors") for r in (resumed, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
+    run = Path(shutil.copytree(ddp_run["run"].folder, tmp_path / "run"))
+    (run / "summary.json").unlink()
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(KitError, match=r"step-38.pt was written by 2 process\(es\), this run has 1; resume with "
+                                       r"the same number of processes \(torchrun --nproc_per_node\)$"):
+        engine.finetune(output_dir=str(run), resume=True)
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_rank_0_failing_to_write_stops_every_rank_with_its_message(tiny_model, sst2_dir, tmp_path):
+    """Rank 0 cannot create the run folder (its parent is a file): rank 1, waiting to train, must not hang."""
+    (tmp_path / "file").write_text("")
+    config = _train_config(tiny_model, sst2_dir, tmp_path / "file" / "run", BATCH)
+    sets = [a for k, v in config.items() for a in ("--set", f"{k}={'null' if v is None else v}")]
+    proc, output = _launch(2, tmp_path, ["-m", "distil_kit", "finetune", *sets])
+    assert proc.returncode != 0
+    cause = f"output_dir {tmp_path / 'file' / 'run'} cannot be created: Not a directory"
+    assert f"error: {cause}" in output[0]
+    assert f"error: rank 0 failed (KitError): {cause}" in output[1]
+
+
+@pytest.fixture(scope="module")
+def varied_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny architecture drawn with a wide initialization: its dev predictions differ from row to row (the
+    default draw predicts one class everywhere), so a dev row missed or scored twice changes the accuracy."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig.from_pretrained(tiny_model, initializer_range=0.5)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("varied-model")
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("nproc", [2, 3])  # 872 dev rows: not a multiple of 3
+def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir, tmp_path):
+    config = dict(model=str(varied_model), data_dir=str(sst2_dir), output_dir=str(tmp_path / "unused"),
+                  max_train_samples=8, eval_batch_size=64, device="cpu")
+    acc, predictions = _evaluate(config, distributed.World())
+    assert 0.1 < np.mean(predictions["pred"]) < 0.9, "the model must predict both classes for this test to bite"
+    _torchrun(nproc, "eval", tmp_path, config)
+    scored = json.loads((tmp_path / "eval.json").read_text())
+    assert scored["acc"] == acc
+    assert scored["predictions"]["idx"] == predictions["idx"]  # every dev row once, in dev order
+    assert scored["predictions"]["pred"] == predictions["pred"]
+    assert np.allclose(scored["predictions"]["prob_pos"], predictions["prob_pos"], atol=1e-5)
+    assert not (tmp_path / "unused").exists()
+
+
+# --- the harness torchrun runs ---------------------------------------------------------------------------------
+
+def _evaluate(config: dict, world: distributed.World) -> tuple[float, dict]:
+    """The engine's evaluation of ``config``'s model on the whole dev split, as every rank sees it."""
+    device = torch.device("cpu")
+    cfg = engine.resolve_config(RunConfig.from_dict(config), device)
+    runner = engine._Engine(cfg, world, device, time.perf_counter())
+    acc = runner.evaluate()
+    frame = runner.predictions[["idx", "pred", "prob_pos"]] if world.main else None
+    return acc, frame.to_dict("list") if frame is not None else {}
+
+
+def _harness_eval(out: Path, config: dict) -> None:
+    world = distributed.init_world(use_cuda=False)
+    try:
+        acc, predictions = _evaluate(config, world)
+        if world.main:
+            (out / "eval.json").write_text(json.dumps({"acc": acc, "predictions": predictions}))
+    finally:
+        distributed.shutdown(world)
+
+
+def _harness_train(out: Path, config: dict) -> None:
+    """``finetune`` with hooks recording this rank's training rows, file writes, no_sync contexts and weights."""
+    from distil_kit import atomic, checkpoint
+
+    rank = int(os.environ["RANK"])
+    seen, writes, no_sync = [], [], [0]
+
+    def recording(write):
+        def wrapper(path, *args, **kwargs):
+            writes.append(str(path))
+            return write(path, *args, **kwargs)
+        return wrapper
+
+    atomic.write_atomic = recording(atomic.write_atomic)  # json and csv writes go through it
+    checkpoint.write_atomic = recording(checkpoint.write_atomic)
+    engine.replace_dir = recording(engine.replace_dir)
+
+    micro_step = engine._Engine._micro_step
+
+    def recording_micro_step(self, batch, group_size, sync_grads):
+        seen.append((self.epoch, batch.idx[batch.weight > 0].tolist()))
+        micro_step(self, batch, group_size, sync_grads)
+
+    engine._Engine._micro_step = recording_micro_step
+
+    ddp_no_sync = torch.nn.parallel.DistributedDataParallel.no_sync
+
+    def counting_no_sync(self):
+        no_sync[0] += 1
+        return ddp_no_sync(self)
+
+    torch.nn.parallel.DistributedDataParallel.no_sync = counting_no_sync
+
+    save_final = engine._Engine.save_final
+
+    def saving_weights(self):
+        save_final(self)
+        torch.save(self.model.state_dict(), out / f"rank{rank}.pt")
+
+    engine._Engine.save_final = saving_weights
+
+    engine.finetune(config)
+    (out / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "writes": writes, "no_sync": no_sync[0]}))
+
+
+if __name__ == "__main__":
+    mode, out_dir, config_json = sys.argv[1:]
+    {"train": _harness_train, "eval": _harness_eval}[mode](Path(out_dir), json.loads(config_json))

@@ -1,0 +1,193 @@
+"""Issue 5: checkpoints, resuming, clean stops on SIGINT/SIGTERM, and a killed run continued exactly.
+
+Every run here is the tiny random DistilBERT (with its dropout: the RNG states must come back too) on the first
+300 SST-2 rows, batch 4: 75 optimizer steps an epoch, 2 epochs, a checkpoint every 5 steps and a steps.csv row
+every step, so that losses compare step by step.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distil_kit import checkpoint, engine
+from distil_kit.errors import KitError
+from distil_kit.records import Run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+
+STEPS_PER_EPOCH = 75
+
+
+@pytest.fixture(scope="module")
+def run_config(tiny_model, sst2_dir) -> dict:
+    return dict(model=str(tiny_model), data_dir=str(sst2_dir), epochs=2, max_train_samples=300, train_batch_size=4,
+                eval_batch_size=256, log_every=1, checkpoint_every=5, target_acc=None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(run_config, tmp_path_factory) -> Run:
+    """The uninterrupted run every resumed run must reproduce."""
+    return engine.finetune(run_config, output_dir=str(tmp_path_factory.mktemp("reference") / "run"))
+
+
+def assert_same_run(run: Run, reference: Run) -> None:
+    """Same losses and learning rates at every step, same accuracies, bit-identical final weights."""
+    from safetensors.torch import load_file
+
+    assert run.finished
+    columns = ["step", "epoch", "loss", "lr"]
+    assert run.steps[columns].equals(reference.steps[columns])
+    assert run.evals[["epoch", "step", "accuracy"]].equals(reference.evals[["epoch", "step", "accuracy"]])
+    assert run.predictions.equals(reference.predictions)
+    ours, theirs = (load_file(r.folder / "model" / "model.safetensors") for r in (run, reference))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+# --- a run in another process, stopped from outside ---------------------------------------------------------
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distil_kit", "finetune", *args]
+
+
+def _sets(config: dict) -> list[str]:
+    return [a for key, value in config.items() for a in ("--set", f"{key}={'null' if value is None else value}")]
+
+
+def _env() -> dict:
+    # The same thread count as this process: float sums, and so the weights, depend on it.
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def _start_and_wait_for_checkpoint(config: dict, out: Path, log: Path) -> subprocess.Popen:
+    """Start a CLI run and return once its first checkpoint is on disk (still early in epoch 1)."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(_cli(*_sets({**config, "output_dir": out})), stdout=subprocess.DEVNULL, stderr=err,
+                                env=_env(), cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 120
+    while not checkpoint.checkpoints(out / "checkpoints"):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its first checkpoint:\n"
+                        f"{log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint after 120 s")
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be stopped; give it more steps"
+    return proc
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(run_config, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_and_wait_for_checkpoint(run_config, out, tmp_path / "log.txt")
+    proc.kill()  # SIGKILL: no handler runs, whatever was being written is left as it was
+    proc.wait()
+    latest = checkpoint.checkpoints(out / "checkpoints")[-1]
+    step = int(re.search(r"step-(\d+)", latest.name).group(1))
+    assert step < STEPS_PER_EPOCH, "killed in epoch 1"
+    assert not Run(out).finished
+    Run(out).steps, Run(out).evals  # the records on disk parse: every file is written whole or not at all
+
+    assert_same_run(engine.finetune(output_dir=str(out), resume=True), reference)
+
+
+def test_sigterm_checkpoints_and_exits_130_naming_resume(run_config, reference, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = _start_and_wait_for_checkpoint(run_config, out, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    errors = [line for line in re.split(r"[\r\n]", log.read_text()) if line.startswith("error:")]
+    assert len(errors) == 1, log.read_text()[-2000:]
+    message = errors[0]
+    assert message.startswith("error: SIGTERM received: stopped after step ")
+    assert "resume: true" in message and f"--resume --set output_dir={out}" in message
+    step = int(re.search(r"after step (\d+)", message).group(1))
+    assert (out / "checkpoints" / f"step-{step}.pt").is_file()
+    stopped = Run(out)
+    assert not stopped.finished
+    assert stopped.steps["step"].iloc[-1] == step  # the records were written with the checkpoint
+    assert stopped.evals["step"].max() <= step
+
+    resumed = subprocess.run(_cli("--resume", "--set", f"output_dir={out}"), capture_output=True, text=True,
+                             env=_env(), cwd=Path(__file__).parents[1], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {out / 'checkpoints' / f'step-{step}.pt'}" in resumed.stdout
+    assert_same_run(Run(out), reference)
+
+
+# --- a run stopped in this process, at a known step ---------------------------------------------------------
+
+STOP_AT = 13  # checkpoints at steps 5 and 10, then the SIGINT one at 13: steps 10 and 13 are kept
+
+
+@pytest.fixture(scope="module")
+def stopped(run_config, tmp_path_factory) -> Path:
+    """A run that received SIGINT (Ctrl-C) during step STOP_AT (sent by itself, so the step is exact)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    step = engine._Engine._optimizer_step
+
+    def step_then_signal(self):
+        step(self)
+        if self.step == STOP_AT:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine._Engine, "_optimizer_step", step_then_signal)
+        with pytest.raises(engine.RunInterrupted, match=f"SIGINT received: stopped after step {STOP_AT} "):
+            engine.finetune(run_config, output_dir=str(out))
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_checkpoint_holds_all_state_and_only_the_last_two_are_kept(stopped):
+    folder = stopped / "checkpoints"
+    assert [p.name for p in checkpoint.checkpoints(folder)] == ["step-10.pt", f"step-{STOP_AT}.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-10.pt", f"step-{STOP_AT}.pt"]  # no temporary files
+    state = torch.load(folder / f"step-{STOP_AT}.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "batches_done", "step", "samples", "tokens",
+            "timers", "steps_rows", "evals_rows"} <= state.keys()
+    assert state["rng"][0].keys() == {"python", "numpy", "torch", "cuda"}  # one entry per rank
+    assert (state["epoch"], state["batches_done"], state["step"]) == (0, STOP_AT, STOP_AT)
+    assert [row["step"] for row in state["steps_rows"]] == list(range(1, STOP_AT + 1))
+    assert state["timers"]["train"] > 0
+
+
+def test_unfinished_run_is_not_overwritten(run_config, stopped):
+    before = sorted(p.name for p in stopped.rglob("*"))
+    with pytest.raises(KitError, match="holds an unfinished run; pass resume: true to continue it, or "
+                                       "overwrite: true to start over"):
+        engine.finetune(run_config, output_dir=str(stopped))
+    assert sorted(p.name for p in stopped.rglob("*")) == before
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(stopped, reference, tmp_path, capsys):
+    out = _copy(stopped, tmp_path)
+    newest = out / "checkpoints" / f"step-{STOP_AT}.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    run = engine.finetune(output_dir=str(out), resume=True)
+    assert f"resuming from {out / 'checkpoints' / 'step-10.pt'}" in capsys.readouterr().out
+    assert_same_run(run, reference)
+
+
+def test_all_checkpoints_truncated_is_a_one_line_error(stopped, tmp_path):
+    out = _copy(stopped, tmp_path)
+    for path in checkpoint.checkpoints(out / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(KitError) as error:
+        engine.finetune(output_dir=str(out), resume=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{out / 'checkpoints'}: no readable checkpoint (tried step-{STOP_AT}.pt (")
+    assert "step-10.pt (" in message and message.endswith("start over with overwrite: true")
