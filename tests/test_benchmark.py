@@ -1,0 +1,44 @@
+"""benchmarks/bench.py --tiny: the four variants run side by side in seconds and write one CSV row each."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--data", str(sst2_dir),
+                           "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert seconds < 60, f"--tiny took {seconds:.0f} s; it must stay a CI smoke run"
+
+    [csv] = list(tmp_path.glob("bench-cpu-*.csv"))
+    frame = pd.read_csv(csv)
+    assert list(frame["variant"]) == ["a", "b", "c", "d"]
+    for column in ("device", "device_name", "torch", "transformers", "date", "rows", "model", "samples_per_s",
+                   "tokens_per_s", "peak_mem_gib", "mem_kind", "compile_s", "x_vs_flagperf", "x_vs_hf_trainer"):
+        assert column in frame.columns, column
+    assert (frame["samples_per_s"] > 0).all() and (frame["tokens_per_s"] > 0).all()
+    assert (frame["x_vs_flagperf"] > 0).all() and (frame["x_vs_hf_trainer"] > 0).all()
+    by = frame.set_index("variant")
+    assert by.loc["a", "x_vs_flagperf"] == 1 and by.loc["b", "x_vs_hf_trainer"] == 1
+    # every variant trained the same rows: same real tokens (a may get fewer rows, never here with --tiny)
+    assert by["real_tokens"].nunique() == 1 and by["rows_timed"].nunique() == 1
+    assert by.loc["a", "padded_tokens"] == by.loc["a", "rows_timed"] * 512
+    assert frame["model"].iloc[0] == "random-distilbert-tiny"
+    assert "bench-cpu" in csv.name and csv.name.endswith(".csv")
+    assert "x_vs_hf_trainer" in done.stdout  # the printed table
+
+
+def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
+    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--variants", "a,e", "--data", str(sst2_dir),
+                           "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--variants" in done.stderr
+    assert not list(tmp_path.glob("*.csv"))
