@@ -548,13 +548,14 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
         ctx = Context(device, model, data_dir, tmp)
         env = environment(device)
         print(f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seed {SEED}", flush=True)
-        rows = []
         from distil_kit.config import parse_sets
 
         fast_set = parse_sets(args.fast_set)
+        rows = []
         for name, fast in (("plain", False), ("fast", True)):
             r = run_kit(ctx, fast=fast, rows=len(train), name=name, **(fast_set if fast else {}))
-            rows.append({"mode": name + "".join(f", {k}={v}" for k, v in fast_set.items()) * fast, "dev_acc": r["dev_acc"], "precision": r["precision"],
+            mode = name + ("".join(f", {k}={v}" for k, v in fast_set.items()) if fast else "")
+            rows.append({"mode": mode, "dev_acc": r["dev_acc"], "precision": r["precision"],
                          "samples_per_s": r["samples_per_s"], "seconds": r["seconds"], "compile_s": r["compile_s"]})
             print(f"    {name}: dev acc {r['dev_acc']:.4f}, {r['samples_per_s']:.1f} samples/s", flush=True)
     finally:
@@ -593,8 +594,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--fast-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra kit settings for variant d (and the guard's fast run), e.g. fused_adamw=true pad_to_multiple_of=1 (for trying "
-                        "engine changes; shown in d's label)")
+                   help="extra kit settings for variant d and the guard's fast run, e.g. fused_adamw=true "
+                        "pad_to_multiple_of=1 (for trying engine changes; shown in the label)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the CSV")
     p.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: seconds, for CI")
     p.add_argument("--threads", type=int, default=None,

@@ -11,8 +11,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--data", str(sst2_dir),
-                           "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
+    # one thread: a CI runner's other jobs slow a 1-thread run far less than torch's one-thread-per-core default
+    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--threads", "1",
+                           "--data", str(sst2_dir), "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=180)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
