@@ -146,7 +146,9 @@ def run_list(runs) -> list[RunRecords]:
 
 def run_label(run: RunRecords) -> str:
     """The short label that names a run in legends: "model, precision, batch N, device"."""
-    model = Path(str(run.config["model"])).name
+    path = Path(str(run.config["model"]))
+    # A folder named "model" (a run's saved model, a FlagPerf data folder's model/) says nothing: name its parent.
+    model = f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
     return (f"{model}, {run.config['precision']}, batch {run.summary['global_batch_size']}, "
             f"{run.manifest['device_name']}")
 
