@@ -519,7 +519,7 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
         cfg = resolve_config(cfg, device)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
-        _check_output_dir(out, cfg)
+        records.check_output_dir(out, cfg.resume, cfg.overwrite)  # refuse a taken folder before heavy loading
         engine = _Engine(cfg, world, device, started)  # loads and checks data and model
         if cfg.resume:
             state, path = checkpoint.load_latest(out / "checkpoints")
@@ -534,14 +534,6 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
     finally:
         distributed.shutdown(world)
     return records.Run(Path(cfg.output_dir))
-
-
-def _check_output_dir(out: Path, cfg: RunConfig) -> None:
-    """Refuse a taken ``output_dir`` before the heavy loading, touching nothing. ``prepare_output_dir`` only checks
-    when resuming or when it must refuse (a run there and no overwrite; a folder holding something else)."""
-    state = records.run_state(out)
-    if cfg.resume or state == "other" or (state != "empty" and not cfg.overwrite):
-        records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
 
 
 def _start_run_folder(engine: _Engine) -> None:

@@ -38,15 +38,15 @@ def run_state(folder: Path) -> str:
     return "other"
 
 
-def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a finished or unfinished run is only replaced with ``overwrite`` (or continued with
-    ``resume``), and a folder that holds something else is never touched."""
+def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
+    """Refuse to mix runs, touching nothing: a finished or unfinished run is only replaced with ``overwrite`` (or
+    continued with ``resume``), and a folder that holds something else is never used. Returns the folder's state."""
     state = run_state(folder)
     if resume:
         if state != "unfinished":
             raise KitError(f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run "
                            f"with checkpoints)")
-        return
+        return state
     if state == "finished" and not overwrite:
         raise KitError(f"output_dir {folder} already holds a finished run; pass overwrite: true to replace it, "
                        f"or choose another output_dir")
@@ -55,6 +55,14 @@ def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:
                        f"overwrite: true to start over")
     if state == "other":
         raise KitError(f"output_dir {folder} is not empty and holds no run; choose an empty or new folder")
+    return state
+
+
+def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:
+    """``check_output_dir``, then clear an old run being overwritten and create the folder."""
+    state = check_output_dir(folder, resume, overwrite)
+    if resume:
+        return
     if state in ("finished", "unfinished"):
         shutil.rmtree(folder)
     try:
