@@ -50,7 +50,7 @@ class RunConfig:
     fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, bf16, fused AdamW, compile on GPU")
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
-    fused_adamw: bool | None = _p(None, "fused AdamW kernel; default: fast and on GPU")
+    fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
     compile: bool | None = _p(None, "torch.compile the model (compile time reported apart); default: fast and on GPU")
     cuda_graphs: bool | None = _p(None, "CUDA graphs for the padded shapes (needs compile); default: compile on GPU")
 

@@ -71,7 +71,7 @@ def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
         model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
         bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
-        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast and cuda,
+        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
         compile=compile_, cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else compile_ and cuda)
 
 

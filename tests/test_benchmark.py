@@ -5,10 +5,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
     started = time.perf_counter()
     # one thread: a CI runner's other jobs slow a 1-thread run far less than torch's one-thread-per-core default
@@ -42,4 +44,29 @@ def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
                            "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--variants" in done.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
+@pytest.mark.slow
+def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, tiny_model):
+    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--seeds", "0,1", "--model", str(tiny_model),
+                           "--rows", "64", "--dev-rows", "64", "--device", "cpu", "--threads", "1", "--tolerance", "100",
+                           "--data", str(sst2_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [csv] = list(tmp_path.glob("accuracy-guard-cpu-*.csv"))
+    frame = pd.read_csv(csv)
+    assert frame[["seed", "mode"]].values.tolist() == [[0, "plain"], [0, "fast"], [1, "plain"], [1, "fast"]]
+    acc = frame.set_index(["seed", "mode"])["dev_acc"]
+    paired = [100 * (acc[s, "fast"] - acc[s, "plain"]) for s in (0, 1)]
+    assert frame["diff_points_fast_minus_plain"].tolist() == pytest.approx([paired[0]] * 2 + [paired[1]] * 2)
+    assert frame["mean_diff_points"].iloc[0] == pytest.approx(sum(paired) / 2)
+    assert frame["passed"].all() and (frame["rows"] == 64).all()
+    assert "PASS" in done.stdout
+
+
+def test_accuracy_guard_refuses_repeated_seeds(tmp_path, sst2_dir, tiny_model):
+    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--seeds", "0,0", "--model", str(tiny_model),
+                           "--data", str(sst2_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--seeds" in done.stderr and "repeat" in done.stderr
     assert not list(tmp_path.glob("*.csv"))

@@ -93,6 +93,25 @@ def test_same_seed_same_losses_other_seed_differs(tiny_run, tmp_path):
     assert a != c
 
 
+def test_fast_mode_on_cpu_switches_and_keeps_the_recipe(tiny_run, tmp_path):
+    plain = tiny_run(output_dir=str(tmp_path / "plain"))
+    fast = tiny_run(output_dir=str(tmp_path / "fast"), fast=True)
+    switches = ["bucket_batches", "pad_to_multiple_of", "fused_adamw", "precision", "compile", "cuda_graphs"]
+    assert [plain.config[k] for k in switches] == [False, 1, False, "fp32", False, False]
+    assert [fast.config[k] for k in switches] == [True, 8, True, "fp32", False, False]
+    # Same rows, same number of optimizer steps, same schedule: only how the batches are formed and run changes.
+    for key in ("train_samples", "train_tokens", "steps"):
+        assert fast.summary[key] == plain.summary[key]
+    assert fast.steps.lr.tolist() == pytest.approx(plain.steps.lr.tolist())
+    assert fast.steps.loss.tolist() != plain.steps.loss.tolist()  # other batches: bucketed by length
+
+
+def test_fused_adamw_matches_the_default_kernel(tiny_run, tmp_path):
+    default = tiny_run(output_dir=str(tmp_path / "default")).steps.loss
+    fused = tiny_run(output_dir=str(tmp_path / "fused"), fused_adamw=True).steps.loss
+    assert fused.tolist() == pytest.approx(default.tolist(), rel=1e-4)
+
+
 def test_early_stop_at_target(tiny_run):
     # An untrained tiny model scores about the majority share (0.509) on dev: a target of 0.4 is met at epoch 1.
     run = tiny_run(epochs=3, target_acc=0.4)
