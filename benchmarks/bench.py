@@ -7,7 +7,7 @@ no warm-up, seed 0:
      RandomSampler with a seeded generator, plain ``torch.optim.AdamW`` with FlagPerf's no-decay groups,
      ``get_scheduler("linear")``, the loss read with ``.item()`` every step.
   b  a plain Hugging Face ``Trainer`` script: ``TrainingArguments`` + ``DataCollatorWithPadding`` (pad to the
-     longest row of each batch), its defaults otherwise (bf16 on a GPU, fp32 on CPU, fused AdamW),
+     longest row of each batch), its defaults otherwise (fused AdamW), with bf16 wherever d uses it (GPUs, CPUs with native bf16),
      no evaluation, logging and saving off.
   c  the kit (``distil_kit.engine.finetune``) at FlagPerf's settings (fast=False).
   d  the kit's fast mode (fast=True).
@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from distil_kit.engine import fast_precision, finetune  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 
 BATCH, LR, SEED, MAX_LEN = 32, 5e-5, 0, 512
@@ -398,7 +399,8 @@ def run_hf_trainer(ctx, train) -> dict:
         Clock.padded += batch["input_ids"].numel()
         return batch
 
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # bf16 wherever the kit's fast mode takes it (GPUs, CPUs with native bf16), so no ratio rests on precision alone
+    bf16 = fast_precision(device) == "bf16"
     args = TrainingArguments(
         output_dir=str(ctx.tmp / "hf-trainer"), num_train_epochs=1, per_device_train_batch_size=BATCH,
         learning_rate=LR, weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0, seed=SEED,
@@ -425,8 +427,6 @@ def run_hf_trainer(ctx, train) -> dict:
 # --- c, d: the kit -----------------------------------------------------------------------------------------------
 
 def run_kit(ctx, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> dict:
-    from distil_kit.engine import finetune
-
     cfg = dict(model=ctx.model, data_dir=str(ctx.data), output_dir=str(ctx.tmp / f"kit-{name}"), epochs=1,
                target_acc=None, save_model=False, fast=fast, max_train_samples=rows, seed=seed,
                device=str(ctx.device), train_batch_size=BATCH, lr=LR, weight_decay=0.0, overwrite=True, **extra)

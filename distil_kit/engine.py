@@ -61,11 +61,7 @@ def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
     if model is None:
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
-    precision = cfg.precision
-    if precision is None:
-        precision = "fp32"
-        if cfg.fast and cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
     compile_ = cfg.compile if cfg.compile is not None else cfg.fast and cuda
     return cfg.replace(
         model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
@@ -73,6 +69,15 @@ def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
         compile=compile_, cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else compile_ and cuda)
+
+
+def fast_precision(device: torch.device) -> str:
+    """bf16 where the hardware computes in it; fp16 on older GPUs; fp32 on CPUs that would only emulate bf16."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # torch.cpu's own probes (what inductor uses): AVX512-BF16 or AMX make bf16 matmuls native on the CPU.
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -8,7 +8,7 @@ import torch
 
 from distil_kit import KitError, RunConfig, finetune
 from distil_kit.config import load_config
-from distil_kit.engine import optimizer_groups, total_optimizer_steps
+from distil_kit.engine import fast_precision, optimizer_groups, total_optimizer_steps
 from distil_kit.modeling import load_classifier
 from distil_kit.records import EVAL_COLUMNS, PREDICTION_COLUMNS, STEP_COLUMNS, Run
 
@@ -98,12 +98,20 @@ def test_fast_mode_on_cpu_switches_and_keeps_the_recipe(tiny_run, tmp_path):
     fast = tiny_run(output_dir=str(tmp_path / "fast"), fast=True)
     switches = ["bucket_batches", "pad_to_multiple_of", "fused_adamw", "precision", "compile", "cuda_graphs"]
     assert [plain.config[k] for k in switches] == [False, 1, False, "fp32", False, False]
-    assert [fast.config[k] for k in switches] == [True, 8, True, "fp32", False, False]
+    assert [fast.config[k] for k in switches] == [True, 8, True, fast_precision(torch.device("cpu")), False, False]
     # Same rows, same number of optimizer steps, same schedule: only how the batches are formed and run changes.
     for key in ("train_samples", "train_tokens", "steps"):
         assert fast.summary[key] == plain.summary[key]
     assert fast.steps.lr.tolist() == pytest.approx(plain.steps.lr.tolist())
     assert fast.steps.loss.tolist() != plain.steps.loss.tolist()  # other batches: bucketed by length
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, "fp32")])
+def test_fast_precision_on_cpu_is_bf16_only_where_native(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert fast_precision(torch.device("cpu")) == expected
 
 
 def test_fused_adamw_matches_the_default_kernel(tiny_run, tmp_path):
