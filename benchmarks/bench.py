@@ -7,8 +7,8 @@ no warm-up, seed 0:
      RandomSampler with a seeded generator, plain ``torch.optim.AdamW`` with FlagPerf's no-decay groups,
      ``get_scheduler("linear")``, the loss read with ``.item()`` every step.
   b  a plain Hugging Face ``Trainer`` script: ``TrainingArguments`` + ``DataCollatorWithPadding`` (pad to the
-     longest row of each batch), its defaults otherwise (fused AdamW), with bf16 wherever d uses it (GPUs, CPUs with native bf16),
-     no evaluation, logging and saving off.
+     longest row of each batch), its defaults otherwise (fused AdamW), in bf16 wherever d runs in bf16 (GPUs, CPUs
+     with native bf16), no evaluation, logging and saving off.
   c  the kit (``distil_kit.engine.finetune``) at FlagPerf's settings (fast=False).
   d  the kit's fast mode (fast=True).
 
@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from distil_kit.config import parse_sets  # noqa: E402
 from distil_kit.engine import fast_precision, finetune  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 
@@ -372,7 +373,7 @@ class _Encoded(torch.utils.data.Dataset):
                 "labels": int(self.labels[i])}
 
 
-def run_hf_trainer(ctx, train) -> dict:
+def run_hf_trainer(ctx, train, bf16: bool) -> dict:
     from transformers import (AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback,
                               TrainingArguments)
 
@@ -399,8 +400,6 @@ def run_hf_trainer(ctx, train) -> dict:
         Clock.padded += batch["input_ids"].numel()
         return batch
 
-    # bf16 wherever the kit's fast mode takes it (GPUs, CPUs with native bf16), so no ratio rests on precision alone
-    bf16 = fast_precision(device) == "bf16"
     args = TrainingArguments(
         output_dir=str(ctx.tmp / "hf-trainer"), num_train_epochs=1, per_device_train_batch_size=BATCH,
         learning_rate=LR, weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0, seed=SEED,
@@ -425,6 +424,20 @@ def run_hf_trainer(ctx, train) -> dict:
 
 
 # --- c, d: the kit -----------------------------------------------------------------------------------------------
+
+# What every kit variant shares; --fast-set may change how the fast mode runs, never these.
+KIT_FIXED = ("model", "data_dir", "output_dir", "epochs", "target_acc", "save_model", "fast", "max_train_samples",
+             "seed", "device", "train_batch_size", "lr", "weight_decay", "overwrite")
+
+
+def fast_settings(items: list[str]) -> dict:
+    values = parse_sets(items)
+    fixed = [k for k in values if k in KIT_FIXED]
+    if fixed:
+        raise BenchError(f"--fast-set {', '.join(fixed)}: the benchmark fixes these for every variant "
+                         f"(use --rows, --seeds, --model, --data, --device instead)")
+    return values
+
 
 def run_kit(ctx, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> dict:
     cfg = dict(model=ctx.model, data_dir=str(ctx.data), output_dir=str(ctx.tmp / f"kit-{name}"), epochs=1,
@@ -468,9 +481,7 @@ def benchmark(args) -> pd.DataFrame:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or len(set(variants)) != len(variants):
         raise BenchError(f"--variants {args.variants!r}: expected a comma-separated subset of {','.join(VARIANTS)}")
-    from distil_kit.config import parse_sets
-
-    fast_set = parse_sets(args.fast_set)
+    fast_set = fast_settings(args.fast_set)
     tokenizer = args.tokenizer or default_tokenizer()
     tmp = Path(tempfile.mkdtemp(prefix="distil-bench-"))
     try:
@@ -491,7 +502,9 @@ def benchmark(args) -> pd.DataFrame:
             if v == "a":
                 results[v] = run_flagperf(ctx, train.head(flagperf_rows))
             elif v == "b":
-                results[v] = run_hf_trainer(ctx, train)
+                # bf16 exactly where d runs in bf16, so no ratio rests on precision alone
+                fast_bf16 = (fast_set.get("precision") or fast_precision(device)) == "bf16"
+                results[v] = run_hf_trainer(ctx, train, bf16=fast_bf16)
             else:
                 results[v] = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
             results[v]["wall_s"] = time.perf_counter() - t0
@@ -553,9 +566,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
         env = environment(device)
         print(f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seeds {args.seeds}",
               flush=True)
-        from distil_kit.config import parse_sets
-
-        fast_set = parse_sets(args.fast_set)
+        fast_set = fast_settings(args.fast_set)
         rows = []
         for seed in args.seeds:
             for name, fast in (("plain", False), ("fast", True)):

@@ -37,8 +37,8 @@ class RunConfig:
     gradient_accumulation_steps: int = _p(1, "micro-batches per optimizer step")
     target_acc: float | None = _p(0.91, "stop once dev accuracy reaches this; null: never stop early")
     seed: int = _p(0, "seed for initialisation, data order and dropout")
-    precision: str | None = _p(None, "fp32, tf32, bf16 or fp16 (fp16 with a grad scaler); default fp32, "
-                                     "or bf16 when fast and the device supports it")
+    precision: str | None = _p(None, "fp32, tf32, bf16 or fp16 (fp16 with a grad scaler); default fp32; when fast, "
+                                     "bf16 where native (GPUs, AVX512-BF16/AMX CPUs), fp16 on older GPUs")
     device: str = _p("auto", "auto, cpu, cuda or cuda:N")
     max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
     num_workers: int = _p(0, "DataLoader worker processes")
@@ -47,7 +47,7 @@ class RunConfig:
     checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
-    fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, bf16, fused AdamW, compile on GPU")
+    fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, fused AdamW, bf16 where native, compile on GPU")
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")

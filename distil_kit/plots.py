@@ -141,7 +141,7 @@ def benchmark_figure(table) -> Figure:
     ax.set_yticks(y, [f"{v}: {label}\n{p}" for v, label, p in zip(frame.variant, frame.label, frame.precision)])
     ax.set_xlim(0, frame.samples_per_s.max() * 1.6)
     first = frame.iloc[0]
-    ax.set(title=f"Training throughput per variant, {first.device_name}, {first.date[:10]}\n{first.model}, "
+    ax.set(title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
                  f"first {int(first.rows)} SST-2 training rows, batch 32",
            xlabel="training samples/s (one epoch, evaluation and compile time excluded)")
     ax.grid(axis="x", alpha=0.3)

@@ -303,6 +303,13 @@ def test_benchmark_figure_from_committed_results(tmp_path):
     figures = plots.benchmark_figures([results[0]])
     ax = next(iter(figures.values())).axes[0]
     assert len(ax.get_yticklabels()) == 4 and ax.get_xlabel()
-    assert pd.read_csv(results[0]).date[0][:10] in ax.get_title()  # two runs on one machine tell apart by date
+    assert pd.read_csv(results[0]).date[0][:16] in ax.get_title()
     written = plots.save_figures(figures, tmp_path)
     assert written[0].stat().st_size > 10_000
+
+
+def test_benchmark_figures_of_two_runs_on_one_machine_have_different_titles():
+    results = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("bench-cpu-*.csv"))
+    assert len(results) >= 2, "expected two committed CPU benchmark runs"
+    titles = [fig.axes[0].get_title() for fig in plots.benchmark_figures(results[:2]).values()]
+    assert titles[0] != titles[1]

@@ -49,9 +49,9 @@ def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
 
 @pytest.mark.slow
 def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, tiny_model):
-    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--seeds", "0,1", "--model", str(tiny_model),
-                           "--rows", "64", "--dev-rows", "64", "--device", "cpu", "--threads", "1", "--tolerance", "100",
-                           "--data", str(sst2_dir), "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--seeds", "0,1", "--model",
+                           str(tiny_model), "--rows", "64", "--dev-rows", "64", "--device", "cpu", "--threads", "1",
+                           "--tolerance", "100", "--data", str(sst2_dir), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     [csv] = list(tmp_path.glob("accuracy-guard-cpu-*.csv"))
@@ -69,4 +69,12 @@ def test_accuracy_guard_refuses_repeated_seeds(tmp_path, sst2_dir, tiny_model):
     done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--seeds", "0,0", "--model", str(tiny_model),
                            "--data", str(sst2_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--seeds" in done.stderr and "repeat" in done.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_fast_set_cannot_change_what_every_variant_shares(tmp_path, sst2_dir, tiny_model):
+    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--fast-set", "seed=3", "--model",
+                           str(tiny_model), "--data", str(sst2_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--fast-set seed" in done.stderr
     assert not list(tmp_path.glob("*.csv"))

@@ -114,9 +114,18 @@ def test_fast_precision_on_cpu_is_bf16_only_where_native(monkeypatch, avx512_bf1
     assert fast_precision(torch.device("cpu")) == expected
 
 
-def test_fused_adamw_matches_the_default_kernel(tiny_run, tmp_path):
+def test_fused_adamw_is_used_and_matches_the_default_kernel(tiny_run, tmp_path, monkeypatch):
+    made = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
     default = tiny_run(output_dir=str(tmp_path / "default")).steps.loss
     fused = tiny_run(output_dir=str(tmp_path / "fused"), fused_adamw=True).steps.loss
+    assert [bool(opt.defaults["fused"]) for opt in made] == [False, True]
     assert fused.tolist() == pytest.approx(default.tolist(), rel=1e-4)
 
 
