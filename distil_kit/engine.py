@@ -5,7 +5,8 @@ once, then train epoch by epoch with an evaluation after each, stopping at ``tar
 
 Host syncs (the GPU waits for nothing else): the loss is read once per ``log_every`` optimizer steps (``_flush``),
 clocks are read after a synchronize at epoch and evaluation boundaries, and around a step whose input shape is new
-when compiling (that step's time is compile time, kept out of the training timers).
+when compiling (that step's time is compile time, kept out of the training timers, and its rows and tokens are
+kept out of the rates: they count in train_samples and train_tokens only).
 """
 from __future__ import annotations
 
@@ -172,6 +173,7 @@ class _Engine:
         # Progress of the run; everything here goes into checkpoints.
         self.epoch, self.batches_done, self.step = 0, 0, 0
         self.samples = self.tokens = 0
+        self.compile_samples = self.compile_tokens = 0  # trained in steps whose time is compile time
         self.timers = {"e2e_before": 0.0, "train": 0.0, "eval": 0.0, "data": 0.0, "compile": 0.0}
         self.steps_rows: list[dict] = []
         self.evals_rows: list[dict] = []
@@ -179,6 +181,7 @@ class _Engine:
         self.predictions: pd.DataFrame | None = None
         self._window: list[tuple[int, torch.Tensor]] = []  # (step, local loss) since the last flush
         self._window_rows = self._window_tokens = 0
+        self._window_compile_rows = self._window_compile_tokens = 0
         self._window_start = None
         self._seen_shapes: set = set()
         self._train_clock: float | None = None
@@ -313,10 +316,12 @@ class _Engine:
         if not self._window:
             return stop_requested
         losses = torch.stack([loss for _, loss in self._window]).float()
-        extra = torch.tensor([self._window_rows, self._window_tokens, float(stop_requested)], device=losses.device)
+        extra = torch.tensor([self._window_rows, self._window_tokens, self._window_compile_rows,
+                              self._window_compile_tokens, float(stop_requested)], device=losses.device)
         packed = distributed.all_reduce_sum(torch.cat([losses, extra]), self.world).cpu()
-        losses = packed[:-3] / self.world.size
-        rows, tokens, stop = int(packed[-3]), int(packed[-2]), bool(packed[-1] > 0)
+        losses = packed[:-5] / self.world.size
+        rows, tokens, compile_rows, compile_tokens = (int(v) for v in packed[-5:-1])
+        stop = bool(packed[-1] > 0)
         bad = torch.nonzero(~torch.isfinite(losses)).flatten()
         if bad.numel():
             step = self._window[int(bad[0])][0]
@@ -327,10 +332,15 @@ class _Engine:
         seconds = max(now - self._window_start, 1e-9)
         self.samples += rows
         self.tokens += tokens
+        self.compile_samples += compile_rows
+        self.compile_tokens += compile_tokens
         self.steps_rows.append({"step": self.step, "epoch": self.epoch + 1, "loss": round(losses.mean().item(), 6),
-                                "lr": self.scheduler.get_last_lr()[0], "samples_per_s": round(rows / seconds, 2),
-                                "tokens_per_s": round(tokens / seconds, 1), "elapsed_s": round(now, 4)})
+                                "lr": self.scheduler.get_last_lr()[0],
+                                "samples_per_s": round((rows - compile_rows) / seconds, 2),
+                                "tokens_per_s": round((tokens - compile_tokens) / seconds, 1),
+                                "elapsed_s": round(now, 4)})
         self._window, self._window_rows, self._window_tokens, self._window_start = [], 0, 0, now
+        self._window_compile_rows = self._window_compile_tokens = 0
         return stop
 
     def train_epoch(self, signals: _StopSignals, bar) -> bool:
@@ -359,6 +369,8 @@ class _Engine:
                 self.sync()
                 self.timers["compile"] += time.perf_counter() - t0
                 self._seen_shapes.add(shape)
+                self._window_compile_rows += batch.n_rows
+                self._window_compile_tokens += batch.n_tokens
             self.batches_done += 1
             bar.update(1)
             if not last_in_group:
@@ -383,8 +395,9 @@ class _Engine:
         timers = {**self.timers, "train": self.train_seconds() + self.timers["compile"], "e2e_before": e2e}
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": rng, "epoch": self.epoch, "batches_done": self.batches_done,
-                "step": self.step, "samples": self.samples, "tokens": self.tokens, "timers": timers,
+                "rng": rng, "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step,
+                "samples": self.samples, "tokens": self.tokens, "compile_samples": self.compile_samples,
+                "compile_tokens": self.compile_tokens, "timers": timers,
                 "steps_rows": self.steps_rows, "evals_rows": self.evals_rows, "best_acc": self.best_acc,
                 "time_to_target": self.time_to_target, "converged": self.converged}
 
@@ -398,8 +411,8 @@ class _Engine:
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"][self.world.rank])
-        for key in ("epoch", "batches_done", "step", "samples", "tokens", "timers", "steps_rows", "evals_rows",
-                    "best_acc", "time_to_target", "converged"):
+        for key in ("epoch", "batches_done", "step", "samples", "tokens", "compile_samples", "compile_tokens", "timers",
+                    "steps_rows", "evals_rows", "best_acc", "time_to_target", "converged"):
             setattr(self, key, state[key])
         self.timers = dict(self.timers)
 
@@ -461,7 +474,8 @@ class _Engine:
         train = t["train"] - t["compile"]
         no_eval = train - t["eval"]
         pure = no_eval - t["data"]
-        rate = lambda seconds: round(self.samples / seconds, 2) if seconds > 0 else None  # noqa: E731
+        timed_samples = self.samples - self.compile_samples  # the compiling steps' time is not in these clocks
+        rate = lambda seconds: round(timed_samples / seconds, 2) if seconds > 0 else None  # noqa: E731
         if self.cuda:
             peak = torch.cuda.max_memory_allocated(self.device) / GIB
         else:  # ru_maxrss is KiB on Linux
@@ -473,7 +487,7 @@ class _Engine:
             "converged": self.converged, "acc": self.evals_rows[-1]["accuracy"], "best_acc": self.best_acc,
             "epochs_run": self.epoch, "steps": self.step, "time_to_target": self.time_to_target,
             "train_samples": self.samples, "train_tokens": self.tokens,
-            "tokens_per_s": round(self.tokens / no_eval, 1) if no_eval > 0 else None,
+            "tokens_per_s": round((self.tokens - self.compile_tokens) / no_eval, 1) if no_eval > 0 else None,
             "peak_memory_gib": round(peak, 3), "compile_time": round(t["compile"], 3),
             "global_batch_size": self.global_batch_size(),
             "world_size": self.world.size, "status": "finished",

@@ -129,6 +129,17 @@ def test_fused_adamw_is_used_and_matches_the_default_kernel(tiny_run, tmp_path, 
     assert fused.tolist() == pytest.approx(default.tolist(), rel=1e-4)
 
 
+@pytest.mark.slow
+def test_compiling_steps_count_in_samples_but_not_in_rates(tiny_run):
+    # Width 64 for every batch: only the first of the 4 steps compiles; its 16 rows have no time in any clock.
+    run = tiny_run(max_train_samples=64, compile=True, pad_to_multiple_of=64)
+    s = run.summary
+    assert s["compile_time"] > 0 and s["train_samples"] == 64 and s["steps"] == 4
+    assert s["throughput(ips)_no_eval"] == pytest.approx(48 / s["train_no_eval_time"], rel=0.01)
+    first = run.steps.iloc[0]
+    assert first.samples_per_s == 0  # the first window is the compiling step alone (log_every=1)
+
+
 def test_early_stop_at_target(tiny_run):
     # An untrained tiny model scores about the majority share (0.509) on dev: a target of 0.4 is met at epoch 1.
     run = tiny_run(epochs=3, target_acc=0.4)
