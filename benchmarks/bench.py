@@ -59,8 +59,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from distil_kit.config import parse_sets  # noqa: E402
-from distil_kit.engine import fast_precision, finetune  # noqa: E402
+from distil_kit.config import RunConfig, parse_sets  # noqa: E402
+from distil_kit.engine import finetune, resolve_config  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 
 BATCH, LR, SEED, MAX_LEN = 32, 5e-5, 0, 512
@@ -430,13 +430,17 @@ KIT_FIXED = ("model", "data_dir", "output_dir", "epochs", "target_acc", "save_mo
              "seed", "device", "train_batch_size", "lr", "weight_decay", "overwrite")
 
 
-def fast_settings(items: list[str]) -> dict:
+def fast_settings(items: list[str]) -> tuple[dict, RunConfig]:
+    """The --fast-set values, and the fast mode's config with them: checked before any run starts."""
     values = parse_sets(items)
     fixed = [k for k in values if k in KIT_FIXED]
     if fixed:
         raise BenchError(f"--fast-set {', '.join(fixed)}: the benchmark fixes these for every variant "
                          f"(use --rows, --seeds, --model, --data, --device instead)")
-    return values
+    try:
+        return values, RunConfig.from_dict({"fast": True, **values})
+    except KitError as e:
+        raise BenchError(f"--fast-set: {e}") from None
 
 
 def run_kit(ctx, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> dict:
@@ -481,7 +485,9 @@ def benchmark(args) -> pd.DataFrame:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or len(set(variants)) != len(variants):
         raise BenchError(f"--variants {args.variants!r}: expected a comma-separated subset of {','.join(VARIANTS)}")
-    fast_set = fast_settings(args.fast_set)
+    fast_set, fast_cfg = fast_settings(args.fast_set)
+    # b in bf16 exactly where d runs in bf16 (the kit's own resolution), so no ratio rests on precision alone
+    fast_bf16 = resolve_config(fast_cfg, device).precision == "bf16"
     tokenizer = args.tokenizer or default_tokenizer()
     tmp = Path(tempfile.mkdtemp(prefix="distil-bench-"))
     try:
@@ -502,8 +508,6 @@ def benchmark(args) -> pd.DataFrame:
             if v == "a":
                 results[v] = run_flagperf(ctx, train.head(flagperf_rows))
             elif v == "b":
-                # bf16 exactly where d runs in bf16, so no ratio rests on precision alone
-                fast_bf16 = (fast_set.get("precision") or fast_precision(device)) == "bf16"
                 results[v] = run_hf_trainer(ctx, train, bf16=fast_bf16)
             else:
                 results[v] = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
@@ -556,6 +560,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
     One seed is the issue's guard; more seeds tell a systematic loss from the seed-to-seed spread of one epoch.
     """
     device = resolve_device(args.device)
+    fast_set, _ = fast_settings(args.fast_set)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = default_tokenizer() if args.model == "random-distilbert" else args.model
@@ -566,11 +571,11 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
         env = environment(device)
         print(f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seeds {args.seeds}",
               flush=True)
-        fast_set = fast_settings(args.fast_set)
-        rows = []
+        rows, acc = [], {}
         for seed in args.seeds:
             for name, fast in (("plain", False), ("fast", True)):
                 r = run_kit(ctx, fast=fast, rows=len(train), name=name, seed=seed, **(fast_set if fast else {}))
+                acc[seed, name] = r["dev_acc"]
                 mode = name + ("".join(f", {k}={v}" for k, v in fast_set.items()) if fast else "")
                 rows.append({"seed": seed, "mode": mode, "dev_acc": r["dev_acc"], "precision": r["precision"],
                              "samples_per_s": r["samples_per_s"], "seconds": r["seconds"],
@@ -580,9 +585,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     frame = pd.DataFrame(rows)
-    acc = frame.assign(kind=frame["mode"].str.split(",").str[0]).pivot(index="seed", columns="kind",
-                                                                        values="dev_acc")
-    paired = 100 * (acc["fast"] - acc["plain"])
+    paired = pd.Series({seed: 100 * (acc[seed, "fast"] - acc[seed, "plain"]) for seed in args.seeds})
     frame["diff_points_fast_minus_plain"] = frame["seed"].map(paired)
     frame["mean_diff_points"] = paired.mean()
     frame["tolerance_points"] = args.tolerance

@@ -78,3 +78,12 @@ def test_fast_set_cannot_change_what_every_variant_shares(tmp_path, sst2_dir, ti
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--fast-set seed" in done.stderr
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_bad_fast_set_value_fails_before_any_run(tmp_path, sst2_dir, tiny_model):
+    done = subprocess.run([sys.executable, str(BENCH), "--accuracy-guard", "--fast-set", "precision=bf17", "--model",
+                           str(tiny_model), "--data", str(sst2_dir), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--fast-set" in done.stderr and "precision" in done.stderr
+    assert "accuracy guard:" not in done.stdout  # refused before the data slice is written
+    assert not list(tmp_path.glob("*.csv"))
