@@ -5,8 +5,8 @@ once, then train epoch by epoch with an evaluation after each, stopping at ``tar
 
 Host syncs (the GPU waits for nothing else): the loss is read once per ``log_every`` optimizer steps (``_flush``),
 clocks are read after a synchronize at epoch and evaluation boundaries, and around a step whose input shape is new
-when compiling (that step's time is compile time, kept out of the training timers, and its rows and tokens are
-kept out of the rates: they count in train_samples and train_tokens only).
+when compiling or capturing CUDA graphs (that step's time is compile time, kept out of the training timers, and its
+rows and tokens are kept out of the rates: they count in train_samples and train_tokens only).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .atomic import replace_dir, write_json_atomic
 from .batching import EpochBatches, SplitDataset, TrimCollate, eval_batches
 from .config import RunConfig
 from .errors import KitError
+from .graphed_step import GraphedSteps, capturable_lr
 from .modeling import (DEFAULT_MODEL, file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256,
                        weights_sha256)
 from .preprocess import tokenize
@@ -55,7 +56,7 @@ def resolve_device(name: str, world: distributed.World | None = None) -> torch.d
     return torch.device(name)
 
 
-def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
+def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
     """Fill every run-time default (model, output folder, the fast switches, precision) so config.json is whole."""
     cuda = device.type == "cuda"
     model = cfg.model
@@ -63,13 +64,18 @@ def resolve_config(cfg: RunConfig, device: torch.device) -> RunConfig:
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    compile_ = cfg.compile if cfg.compile is not None else cfg.fast and cuda
-    return cfg.replace(
+    graphs_fit = cuda and world_size == 1 and cfg.gradient_accumulation_steps == 1 and precision != "fp16"
+    resolved = cfg.replace(
         model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
         bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
-        compile=compile_, cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else compile_ and cuda)
+        cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit)
+    if resolved.cuda_graphs and not graphs_fit:
+        raise KitError(f"parameter 'cuda_graphs'=true: needs a CUDA device, one process, gradient_accumulation_steps "
+                       f"1 and a precision other than fp16 (this run: device {device}, {world_size} process(es), "
+                       f"accumulation {cfg.gradient_accumulation_steps}, precision {precision})")
+    return resolved
 
 
 def fast_precision(device: torch.device) -> str:
@@ -159,13 +165,18 @@ class _Engine:
         self.dev = SplitDataset(self.splits["dev"])
         self.dev_batches = eval_batches(self.splits["dev"].lengths, cfg.eval_batch_size, world.rank, world.size)
 
+        kernel = {"fused": True} if cfg.fused_adamw else {}
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                           **({"fused": True} if cfg.fused_adamw else {}))
+                                           capturable=cfg.cuda_graphs, **kernel)
         from transformers import get_scheduler
 
         self.total_steps = total_optimizer_steps(len(self.sampler), cfg.gradient_accumulation_steps, cfg.epochs)
         self.scheduler = get_scheduler("linear", self.optimizer, num_warmup_steps=0,
                                        num_training_steps=self.total_steps)
+        self.graphed = None
+        if cfg.cuda_graphs:
+            capturable_lr(self.optimizer, device)
+            self.graphed = GraphedSteps(self._loss, model, self.optimizer, device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
@@ -202,15 +213,15 @@ class _Engine:
         if self.world.distributed:
             wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.cuda else None)
-        if self.cfg.compile:
-            mode = "reduce-overhead" if self.cfg.cuda_graphs else None
-            wrapped = torch.compile(wrapped, mode=mode)  # automatic dynamic shapes: few recompiles
+        if self.cfg.compile:  # CUDA graphs are the kit's own (graphed_step), around the compiled model
+            wrapped = torch.compile(wrapped)  # automatic dynamic shapes: few recompiles
         return wrapped
 
     def autocast(self):
         if self.cfg.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-            return torch.autocast(self.device.type, dtype=dtype)
+            # The autocast cache of bf16 weights must not outlive a CUDA graph capture.
+            return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.cfg.cuda_graphs)
         return nullcontext()
 
     def sync(self) -> None:
@@ -284,30 +295,37 @@ class _Engine:
 
     # -- training --
 
+    def _loss(self, input_ids, attention_mask, labels, weight) -> torch.Tensor:
+        """The batch's loss: rows weighted (each rank's share of the global batch; 0 for filler rows) and summed."""
+        with self.autocast():
+            logits = self.train_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
+
     def _micro_step(self, batch, group_size: int, sync_grads: bool) -> None:
-        inputs = {"input_ids": batch.input_ids.to(self.device, non_blocking=True),
-                  "attention_mask": batch.attention_mask.to(self.device, non_blocking=True)}
-        labels = batch.labels.to(self.device, non_blocking=True)
-        weight = batch.weight.to(self.device, non_blocking=True)
-        no_sync = self.train_model.no_sync if self.world.distributed and not sync_grads else nullcontext
-        with no_sync():
-            with self.autocast():
-                logits = self.train_model(**inputs).logits
-            loss = (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
-            scaled = loss / group_size
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self._window.append((self.step + 1, loss.detach()))
+        if self.graphed:  # forward, backward and the optimizer step in one replay
+            loss = self.graphed.step(batch)
+        else:
+            tensors = {name: getattr(batch, name).to(self.device, non_blocking=True)
+                       for name in ("input_ids", "attention_mask", "labels", "weight")}
+            no_sync = self.train_model.no_sync if self.world.distributed and not sync_grads else nullcontext
+            with no_sync():
+                loss = self._loss(**tensors)
+                scaled = loss / group_size
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss = loss.detach()
+        self._window.append((self.step + 1, loss))
         self._window_rows += batch.n_rows
         self._window_tokens += batch.n_tokens
 
     def _optimizer_step(self) -> None:
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        if self.graphed is None:  # a graph replay has already stepped and left no gradients behind
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
     def _flush(self, stop_requested: bool = False) -> bool:
@@ -335,7 +353,7 @@ class _Engine:
         self.compile_samples += compile_rows
         self.compile_tokens += compile_tokens
         self.steps_rows.append({"step": self.step, "epoch": self.epoch + 1, "loss": round(losses.mean().item(), 6),
-                                "lr": self.scheduler.get_last_lr()[0],
+                                "lr": float(self.scheduler.get_last_lr()[0]),
                                 "samples_per_s": round((rows - compile_rows) / seconds, 2),
                                 "tokens_per_s": round((tokens - compile_tokens) / seconds, 1),
                                 "elapsed_s": round(now, 4)})
@@ -358,8 +376,8 @@ class _Engine:
             self.timers["data"] += time.perf_counter() - t0
             last_in_group = self.batches_done + 1 == group_start + group_size
             shape = tuple(batch.input_ids.shape)
-            first_of_shape = cfg.compile and shape not in self._seen_shapes
-            if first_of_shape:  # compilation happens in this step: time it apart from training
+            first_of_shape = (cfg.compile or cfg.cuda_graphs) and shape not in self._seen_shapes
+            if first_of_shape:  # compilation or graph capture happens in this step: time it apart from training
                 self.sync()
                 t0 = time.perf_counter()
             self._micro_step(batch, group_size, sync_grads=last_in_group)
@@ -408,6 +426,8 @@ class _Engine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.graphed:  # loading put back plain numbers where the graphs need device tensors
+            capturable_lr(self.optimizer, self.device)
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"][self.world.rank])
@@ -432,6 +452,10 @@ class _Engine:
     # -- the run --
 
     def run(self, resumed: bool) -> None:
+        with self.graphed.running() if self.graphed else nullcontext():
+            self._run(resumed)
+
+    def _run(self, resumed: bool) -> None:
         cfg = self.cfg
         if not resumed:
             self._evaluate_and_record()  # FlagPerf evaluates once before training
@@ -535,7 +559,7 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
         device = resolve_device(cfg.device, world)
         if cfg.resume:
             cfg = _resumed_config(cfg)
-        cfg = resolve_config(cfg, device)
+        cfg = resolve_config(cfg, device, world.size)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
         records.check_output_dir(out, cfg.resume, cfg.overwrite)  # refuse a taken folder before heavy loading

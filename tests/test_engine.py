@@ -207,3 +207,9 @@ def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_pat
     run = finetune(RunConfig(model=str(minilm_dir), data_dir=str(sst2_dir), output_dir=str(tmp_path / "m"),
                              epochs=1, max_train_samples=2000, target_acc=None, save_model=False))
     assert run.summary["acc"] >= 0.70
+
+
+def test_cuda_graphs_on_cpu_is_refused_before_any_work(tiny_run, tmp_path):
+    with pytest.raises(KitError, match=r"parameter 'cuda_graphs'=true: needs a CUDA device.*device cpu"):
+        tiny_run(output_dir=str(tmp_path / "graphs"), cuda_graphs=True, device="cpu")
+    assert not (tmp_path / "graphs").exists()

@@ -1,0 +1,128 @@
+"""Whole training steps as CUDA graphs: forward, loss, backward and the AdamW update, one graph per batch shape.
+
+At 13-token sentences and batch 32 a step is several hundred small kernels: launched one by one from Python, the
+GPU spends most of the step waiting for the host. A captured graph launches them all at once. Shapes are few
+(the batch size times widths padded to a multiple of 8, up to the longest sentence), so each is captured the first
+time it comes, after warm-up steps that run every lazy initialisation (cuBLAS handles, compilation, the optimizer's
+state) outside the capture. Warm-up steps change the weights, so the weights, the optimizer state and the CUDA RNG
+are put back as they were before capturing: the run trains exactly the steps it would without graphs.
+
+What a replay reads and writes lives at fixed addresses: the weights, the optimizer state, the learning rate (a
+device tensor the scheduler fills), and the static input buffers each batch is copied into. Gradients and
+activations live in one memory pool shared by all graphs: every replay is complete in itself (nothing it leaves
+in the pool is read after the next replay starts; the loss is copied out at once).
+
+The whole run (``GraphedSteps.running``) is on a stream of its own, never on the default (legacy) stream: on an
+H100 with torch 2.11 every capture failed in backward ("operation would make the legacy stream depend on a
+capturing blocking stream"), with or without the pre-training evaluation, the state restore or the RNG restore, and
+passed once the run moved to its own stream.
+
+Requirements, checked by ``engine.resolve_config``: one process, no gradient accumulation, no fp16 grad scaler.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+INPUTS = ("input_ids", "attention_mask", "labels", "weight")
+WARMUP_STEPS = 2
+# The attention kernels the graphed steps were measured and tested with (dropout included); cuDNN's, which torch
+# picks first for bf16 on an H100, was left out while captures were failing and has not been tried in a graph since.
+CAPTURABLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    loss: torch.Tensor
+
+
+def capturable_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Each group's learning rate as a device tensor, which the graphs read and the scheduler fills in place.
+
+    Set after the scheduler is made (its base rates stay floats, so a scheduler step needs no host sync) and after
+    loading a checkpoint (which puts back the saved values).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+class GraphedSteps:
+    """``step(batch)`` trains one batch (forward, loss, backward, optimizer step) by replaying its shape's graph.
+
+    ``loss_fn(input_ids, attention_mask, labels, weight)`` returns the batch's loss (forward under autocast).
+    """
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, device: torch.device):
+        self.loss_fn, self.model, self.optimizer, self.device = loss_fn, model, optimizer, device
+        self.graphs: dict[tuple, _Captured] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device)
+
+    @contextmanager
+    def running(self):
+        """Run the training loop inside this: its work (warm-ups and captures too) goes on ``self.stream``."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
+
+    def step(self, batch) -> torch.Tensor:
+        """The batch's loss (a fresh tensor); the weights are updated. A new shape is captured first."""
+        key = tuple(batch.input_ids.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(batch)
+        captured = self.graphs[key]
+        for name in INPUTS:
+            captured.inputs[name].copy_(getattr(batch, name), non_blocking=True)
+        captured.graph.replay()
+        return captured.loss.clone()
+
+    def _train_step(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with sdpa_kernel(CAPTURABLE_ATTENTION):
+            loss = self.loss_fn(**inputs)
+            loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _capture(self, batch) -> _Captured:
+        inputs = {name: getattr(batch, name).to(self.device).clone() for name in INPUTS}
+        saved = self._save_state()
+        for _ in range(WARMUP_STEPS):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._train_step(inputs)
+        self._restore_state(saved)
+        # Gradients of None make backward write fresh ones inside the capture: each replay sets, not adds, them.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            loss = self._train_step(inputs)
+        self.optimizer.zero_grad(set_to_none=True)  # the captured gradients belong to the graph alone
+        return _Captured(graph, inputs, loss)
+
+    def _save_state(self) -> dict:
+        state = {id(t): t.clone() for t in self._state_tensors()}
+        return {"tensors": state, "rng": torch.cuda.get_rng_state(self.device)}
+
+    def _restore_state(self, saved: dict) -> None:
+        with torch.no_grad():
+            for t in self._state_tensors():
+                old = saved["tensors"].get(id(t))
+                # State first made by the warm-up is AdamW's fresh state: zero moments and step count.
+                t.copy_(old) if old is not None else t.zero_()
+        torch.cuda.set_rng_state(saved["rng"], self.device)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if torch.is_tensor(v)]
+        return tensors
