@@ -48,14 +48,14 @@ class RunConfig:
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
     fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, fused AdamW, bf16 where native, CUDA graphs "
-                           "on a GPU")
+                           "on a bf16 GPU")
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
     compile: bool = _p(False, "torch.compile the model (compile time reported apart); off by default: on an H100 it "
                               "gave +6% samples/s for about a minute of compiling")
     cuda_graphs: bool | None = _p(None, "each training step (forward, backward, AdamW) one CUDA graph per batch shape; "
-                                        "one GPU process, no accumulation, not fp16; default: fast on a GPU")
+                                        "one GPU process, no accumulation or workers, not fp16; default: fast on a GPU")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -30,7 +30,7 @@ from .atomic import replace_dir, write_json_atomic
 from .batching import EpochBatches, SplitDataset, TrimCollate, eval_batches
 from .config import RunConfig
 from .errors import KitError
-from .graphed_step import GraphedSteps, capturable_lr
+from .graphed_step import INPUTS as STEP_INPUTS, GraphedSteps, capturable_lr
 from .modeling import (DEFAULT_MODEL, file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256,
                        weights_sha256)
 from .preprocess import tokenize
@@ -64,7 +64,9 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    graphs_fit = cuda and world_size == 1 and cfg.gradient_accumulation_steps == 1 and precision != "fp16"
+    # DataLoader workers stay off: their pin-memory thread allocating during a capture would break it (untried).
+    graphs_fit = (cuda and world_size == 1 and cfg.gradient_accumulation_steps == 1 and precision != "fp16"
+                  and cfg.num_workers == 0)
     resolved = cfg.replace(
         model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
         bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
@@ -73,8 +75,9 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit)
     if resolved.cuda_graphs and not graphs_fit:
         raise KitError(f"parameter 'cuda_graphs'=true: needs a CUDA device, one process, gradient_accumulation_steps "
-                       f"1 and a precision other than fp16 (this run: device {device}, {world_size} process(es), "
-                       f"accumulation {cfg.gradient_accumulation_steps}, precision {precision})")
+                       f"1, num_workers 0 and a precision other than fp16 (this run: device {device}, {world_size} "
+                       f"process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers {cfg.num_workers}, "
+                       f"precision {precision})")
     return resolved
 
 
@@ -305,8 +308,7 @@ class _Engine:
         if self.graphed:  # forward, backward and the optimizer step in one replay
             loss = self.graphed.step(batch)
         else:
-            tensors = {name: getattr(batch, name).to(self.device, non_blocking=True)
-                       for name in ("input_ids", "attention_mask", "labels", "weight")}
+            tensors = {name: getattr(batch, name).to(self.device, non_blocking=True) for name in STEP_INPUTS}
             no_sync = self.train_model.no_sync if self.world.distributed and not sync_grads else nullcontext
             with no_sync():
                 loss = self._loss(**tensors)

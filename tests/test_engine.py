@@ -213,3 +213,16 @@ def test_cuda_graphs_on_cpu_is_refused_before_any_work(tiny_run, tmp_path):
     with pytest.raises(KitError, match=r"parameter 'cuda_graphs'=true: needs a CUDA device.*device cpu"):
         tiny_run(output_dir=str(tmp_path / "graphs"), cuda_graphs=True, device="cpu")
     assert not (tmp_path / "graphs").exists()
+
+
+def test_cuda_graphs_default_only_where_a_step_can_be_captured():
+    from distil_kit.engine import resolve_config
+
+    cuda = torch.device("cuda")  # resolve_config only reads the device type: no GPU needed
+    fast = RunConfig.from_dict({"fast": True, "precision": "bf16", "output_dir": "unused"})
+    assert resolve_config(fast, cuda).cuda_graphs and not resolve_config(fast, cuda).compile
+    for changes, world in [({"num_workers": 2}, 1), ({"gradient_accumulation_steps": 2}, 1),
+                           ({"precision": "fp16"}, 1), ({}, 2)]:
+        assert not resolve_config(fast.replace(**changes), cuda, world).cuda_graphs
+    with pytest.raises(KitError, match="num_workers 0 .* num_workers 2"):
+        resolve_config(fast.replace(cuda_graphs=True, num_workers=2), cuda)
