@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,51 @@ def save(state: dict, folder: Path, step: int) -> Path:
     for old in checkpoints(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
+
+
+def host_copy(obj):
+    """``obj`` with every tensor copied to host memory and every list and dict copied: a snapshot the run can go on
+    changing (its weights, optimizer state and record lists) while a thread writes it."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread of their own: training goes on while one reaches the disk.
+
+    A DistilBERT checkpoint is 0.8 GB (weights and AdamW moments); written in the loop, it added about 1.5 s to each
+    epoch of a 10-epoch fast run on an H100 (8 s epochs). ``save`` waits for the previous write, takes a host snapshot of the state and starts writing it;
+    ``wait`` returns once the last checkpoint is on disk and raises the error a write met.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+
+    def save(self, state: dict, folder: Path, step: int) -> None:
+        self.wait()
+        snapshot = host_copy(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, folder, step), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state: dict, folder: Path, step: int) -> None:
+        try:
+            save(state, folder, step)
+        except Exception as e:  # reported to the training thread by wait()
+            self._error = f"checkpoint {folder / f'step-{step}.pt'} could not be written: {type(e).__name__}: {e}"
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise KitError(error)
 
 
 def load_latest(folder: Path) -> tuple[dict, Path]:

@@ -70,6 +70,9 @@ def test_run_folder_contract(tiny_run):
     assert summary["train_samples"] == 512 and summary["epochs_run"] == 2
     assert summary["e2e_time"] >= summary["train_time"] >= summary["train_no_eval_time"] \
         >= summary["pure_training_computing_time"] > 0
+    # checkpointing (an epoch-end checkpoint each epoch) is in the loop's time, not in the pure compute time
+    assert summary["checkpoint_time"] > 0
+    assert summary["pure_training_computing_time"] <= summary["train_no_eval_time"] - summary["checkpoint_time"] + 2e-3
     assert summary["throughput(ips)_no_eval"] == pytest.approx(512 / summary["train_no_eval_time"], rel=1e-2)  # times are rounded to ms
     evals = run.evals
     assert evals.epoch.tolist() == [0, 1, 2]  # before training and after every epoch

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,3 +192,36 @@ def test_all_checkpoints_truncated_is_a_one_line_error(stopped, tmp_path):
     assert "\n" not in message
     assert message.startswith(f"{out / 'checkpoints'}: no readable checkpoint (tried step-{STOP_AT}.pt (")
     assert "step-10.pt (" in message and message.endswith("start over with overwrite: true")
+
+
+# --- the checkpoint writer's thread -------------------------------------------------------------------------
+
+def test_background_writer_writes_the_state_as_it_was_when_saved(tmp_path, monkeypatch):
+    go = threading.Event()
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda *args: go.wait(10) and real_save(*args))
+    state = {"weights": torch.arange(4.0), "rows": [{"step": 1}], "rng": (torch.ones(2, dtype=torch.uint8), 7)}
+    writer = checkpoint.BackgroundWriter()
+    writer.save(state, tmp_path / "checkpoints", 1)
+    state["weights"].add_(100)  # the run goes on while the write waits
+    state["rows"].append({"step": 2})
+    state["rng"][0].zero_()
+    go.set()
+    writer.wait()
+    saved = torch.load(tmp_path / "checkpoints" / "step-1.pt", weights_only=False)
+    assert torch.equal(saved["weights"], torch.arange(4.0))
+    assert saved["rows"] == [{"step": 1}] and saved["rng"][1] == 7
+    assert torch.equal(saved["rng"][0], torch.ones(2, dtype=torch.uint8))
+
+
+def test_background_writer_reports_a_failed_write_once(tmp_path):
+    blocked = tmp_path / "checkpoints"
+    blocked.write_text("a file where the checkpoint folder should be")
+    writer = checkpoint.BackgroundWriter()
+    writer.save({"weights": torch.zeros(2)}, blocked, 3)
+    with pytest.raises(KitError) as error:
+        writer.wait()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {blocked / 'step-3.pt'} could not be written: FileExistsError")
+    writer.wait()  # reported once
