@@ -425,15 +425,17 @@ def run_hf_trainer(ctx, train, bf16: bool) -> dict:
 
 # --- c, d: the kit -----------------------------------------------------------------------------------------------
 
-# What every kit variant shares; --fast-set may change how the fast mode runs, never these.
-KIT_FIXED = ("model", "data_dir", "output_dir", "epochs", "target_acc", "save_model", "fast", "max_train_samples",
-             "seed", "device", "train_batch_size", "lr", "weight_decay", "overwrite")
+def kit_config(ctx, fast: bool, rows: int, name: str, seed: int = SEED) -> dict:
+    """What every kit variant shares; --fast-set may change how the fast mode runs, never these."""
+    return dict(model=ctx.model, data_dir=str(ctx.data), output_dir=str(ctx.tmp / f"kit-{name}"), epochs=1,
+                target_acc=None, save_model=False, fast=fast, max_train_samples=rows, seed=seed,
+                device=str(ctx.device), train_batch_size=BATCH, lr=LR, weight_decay=0.0, overwrite=True)
 
 
 def fast_settings(items: list[str]) -> tuple[dict, RunConfig]:
     """The --fast-set values, and the fast mode's config with them: checked before any run starts."""
     values = parse_sets(items)
-    fixed = [k for k in values if k in KIT_FIXED]
+    fixed = [k for k in values if k in kit_config(Context(None, None, None, Path()), True, 0, "")]
     if fixed:
         raise BenchError(f"--fast-set {', '.join(fixed)}: the benchmark fixes these for every variant "
                          f"(use --rows, --seeds, --model, --data, --device instead)")
@@ -444,9 +446,7 @@ def fast_settings(items: list[str]) -> tuple[dict, RunConfig]:
 
 
 def run_kit(ctx, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> dict:
-    cfg = dict(model=ctx.model, data_dir=str(ctx.data), output_dir=str(ctx.tmp / f"kit-{name}"), epochs=1,
-               target_acc=None, save_model=False, fast=fast, max_train_samples=rows, seed=seed,
-               device=str(ctx.device), train_batch_size=BATCH, lr=LR, weight_decay=0.0, overwrite=True, **extra)
+    cfg = {**kit_config(ctx, fast, rows, name, seed), **extra}
     with PeakMemory(ctx.device) as mem:
         run = finetune(cfg)
     s = run.summary
