@@ -45,12 +45,19 @@ def save(state: dict, folder: Path, step: int) -> Path:
 
 
 def host_copy(obj):
-    """``obj`` with every tensor copied to host memory and every list and dict copied: a snapshot the run can go on
-    changing (its weights, optimizer state and record lists) while a thread writes it."""
+    """``obj`` with every tensor and array copied to host memory and every container copied: a snapshot the run can
+    go on changing (its weights, optimizer state and record lists) while a thread writes it."""
     if torch.is_tensor(obj):
         return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
     if isinstance(obj, dict):
-        return {k: host_copy(v) for k, v in obj.items()}
+        copy = type(obj)((k, host_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state_dict's per-module versions, read by load_state_dict
+            copy._metadata = obj._metadata
+        return copy
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(host_copy(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(host_copy(v) for v in obj)
     return obj

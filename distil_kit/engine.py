@@ -462,8 +462,16 @@ class _Engine:
         try:
             with self.graphed.running() if self.graphed else nullcontext():
                 self._run(resumed)
-        finally:  # whatever ends the run, its last checkpoint is on disk before anyone is told of it
-            self.checkpoints.wait()
+        except BaseException as error:  # the run's own error is the one reported; a failed write is noted on it
+            try:
+                self.checkpoints.wait()
+            except KitError as write_error:
+                error.add_note(str(write_error))
+            raise
+
+    def wait_for_checkpoint(self) -> None:
+        """Return once the last checkpoint is on disk (a failed write raises on every rank)."""
+        distributed.on_main(self.world, self.checkpoints.wait)
 
     def _run(self, resumed: bool) -> None:
         cfg = self.cfg
@@ -485,6 +493,7 @@ class _Engine:
                     finished = self.train_epoch(signals, bar)
                 if not finished:
                     epochs_bar.close()
+                    self.wait_for_checkpoint()  # inside the signal handlers: a SIGTERM cannot cut the write short
                     raise RunInterrupted(
                         f"{signals.received} received: stopped after step {self.step} and saved a checkpoint in "
                         f"{self.out / 'checkpoints'}; continue with resume: true and output_dir {self.out} (CLI: "
@@ -498,6 +507,7 @@ class _Engine:
                 self.save_checkpoint()
             self.timers["train"] = self.train_seconds() + self.timers["compile"]
             self._train_clock = None
+            self.wait_for_checkpoint()
         epochs_bar.close()
         if not self._scored_final:  # resumed after the last epoch's checkpoint: score the final weights again
             self.evaluate()

@@ -200,7 +200,8 @@ def test_background_writer_writes_the_state_as_it_was_when_saved(tmp_path, monke
     go = threading.Event()
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda *args: go.wait(10) and real_save(*args))
-    state = {"weights": torch.arange(4.0), "rows": [{"step": 1}], "rng": (torch.ones(2, dtype=torch.uint8), 7)}
+    state = {"weights": torch.arange(4.0), "rows": [{"step": 1}], "rng": (torch.ones(2, dtype=torch.uint8), 7),
+             "model": torch.nn.Linear(2, 2).state_dict()}
     writer = checkpoint.BackgroundWriter()
     writer.save(state, tmp_path / "checkpoints", 1)
     state["weights"].add_(100)  # the run goes on while the write waits
@@ -212,6 +213,7 @@ def test_background_writer_writes_the_state_as_it_was_when_saved(tmp_path, monke
     assert torch.equal(saved["weights"], torch.arange(4.0))
     assert saved["rows"] == [{"step": 1}] and saved["rng"][1] == 7
     assert torch.equal(saved["rng"][0], torch.ones(2, dtype=torch.uint8))
+    assert saved["model"]._metadata == state["model"]._metadata  # module versions, which load_state_dict reads
 
 
 def test_background_writer_reports_a_failed_write_once(tmp_path):
@@ -225,3 +227,26 @@ def test_background_writer_reports_a_failed_write_once(tmp_path):
     assert "\n" not in message
     assert message.startswith(f"checkpoint {blocked / 'step-3.pt'} could not be written: FileExistsError")
     writer.wait()  # reported once
+
+
+def test_a_finished_run_has_its_last_checkpoint_on_disk(run_config, tmp_path, monkeypatch):
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda *args: time.sleep(0.5) or real_save(*args))  # a slow disk
+    run = engine.finetune({**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0},
+                          output_dir=str(tmp_path / "run"))
+    assert run.finished
+    assert [p.name for p in checkpoint.checkpoints(run.folder / "checkpoints")] == ["step-10.pt"]
+
+
+def test_a_failed_checkpoint_write_fails_the_run_in_one_line(run_config, tmp_path, monkeypatch):
+    def full_disk(state, folder, step):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(KitError) as error:
+        engine.finetune({**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0},
+                        output_dir=str(out))
+    assert str(error.value) == (f"checkpoint {out / 'checkpoints' / 'step-10.pt'} could not be written: OSError: "
+                                f"[Errno 28] No space left on device")
+    assert not Run(out).finished
