@@ -27,7 +27,8 @@ batches has the same [32, 512] shape, so its samples/s does not depend on which 
 
 ``--accuracy-guard``: the pretrained MiniLM (or ``--model``), one epoch on SST-2 (or ``--rows``), kit plain vs kit
 fast with the same seed; prints both dev accuracies and their difference, which must be within ``--tolerance``
-points (exit status 1 otherwise). ``--seeds 0,1,2`` runs one such pair per seed and checks the mean difference.
+points (exit status 1 otherwise). ``--seeds 0,1,2`` runs one such pair per seed and checks the mean difference
+(printed with its standard error over the seeds).
 
 Examples:
   python benchmarks/bench.py --tiny                                  # seconds: the CI smoke run
@@ -588,6 +589,8 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
     paired = pd.Series({seed: 100 * (acc[seed, "fast"] - acc[seed, "plain"]) for seed in args.seeds})
     frame["diff_points_fast_minus_plain"] = frame["seed"].map(paired)
     frame["mean_diff_points"] = paired.mean()
+    # How far the mean itself moves with the draw of seeds: one epoch's accuracy moves about a point with the seed.
+    frame["sem_diff_points"] = paired.std(ddof=1) / len(paired) ** 0.5 if len(paired) > 1 else None
     frame["tolerance_points"] = args.tolerance
     ok = abs(paired.mean()) <= args.tolerance
     frame["passed"] = ok
@@ -657,9 +660,10 @@ def main(argv=None) -> int:
             frame, ok = accuracy_guard(args)
             path = write_csv(frame, Path(args.out), "accuracy-guard")
             print(frame[["seed", "mode", "precision", "dev_acc", "samples_per_s", "seconds"]].to_string(index=False))
-            diff = frame["mean_diff_points"].iloc[0]
-            print(f"fast - plain, mean over seeds {args.seeds}: {diff:+.2f} points (tolerance {args.tolerance}): "
-                  f"{'PASS' if ok else 'FAIL'}\n{path}")
+            diff, sem = frame["mean_diff_points"].iloc[0], frame["sem_diff_points"].iloc[0]
+            spread = f" +- {sem:.2f} (standard error)" if pd.notna(sem) else ""
+            print(f"fast - plain, mean over seeds {args.seeds}: {diff:+.2f}{spread} points (tolerance "
+                  f"{args.tolerance}): {'PASS' if ok else 'FAIL'}\n{path}")
             return 0 if ok else 1
         frame = benchmark(args)
         path = write_csv(frame, Path(args.out), "bench")

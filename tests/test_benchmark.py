@@ -61,6 +61,7 @@ def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, t
     paired = [100 * (acc[s, "fast"] - acc[s, "plain"]) for s in (0, 1)]
     assert frame["diff_points_fast_minus_plain"].tolist() == pytest.approx([paired[0]] * 2 + [paired[1]] * 2)
     assert frame["mean_diff_points"].iloc[0] == pytest.approx(sum(paired) / 2)
+    assert frame["sem_diff_points"].iloc[0] == pytest.approx(abs(paired[0] - paired[1]) / 2)
     assert frame["passed"].all() and (frame["rows"] == 64).all()
     assert "PASS" in done.stdout
 
