@@ -37,7 +37,8 @@ from .preprocess import tokenize
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")  # FlagPerf's no-weight-decay parameter names
 GIB = 2**30
-# "checkpoint": the training loop's share of checkpointing (the host snapshot; the disk write runs on a thread)
+# "checkpoint": the training loop's share of checkpointing (records, RNG gather, host snapshot, any wait for the
+# previous write); the disk write itself runs on a thread
 FRESH_TIMERS = {"e2e_before": 0.0, "train": 0.0, "eval": 0.0, "data": 0.0, "compile": 0.0, "checkpoint": 0.0}
 
 
