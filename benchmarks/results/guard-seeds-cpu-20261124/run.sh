@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# More guard seeds on the CPU, one invocation (one CSV) per seed.
+# The accuracy guard one seed at a time, so each pair lands as its own CSV when it ends:  run.sh 7 8 9
 cd "$(dirname "$0")/../../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 for s in "$@"; do
