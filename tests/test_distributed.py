@@ -272,6 +272,9 @@ def _harness_eval(out: Path, config: dict) -> None:
         acc, predictions = _evaluate(config, world)
         if world.main:
             (out / "eval.json").write_text(json.dumps({"acc": acc, "predictions": predictions}))
+        # As finetune does: no rank tears its gloo connections down while another is still working (a CI run
+        # once saw rank 1 abort in teardown, "terminate called without an active exception", while rank 0 wrote).
+        distributed.barrier(world)
     finally:
         distributed.shutdown(world)
 
