@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -75,11 +77,17 @@ def on_main(world: World, work) -> None:
         raise error
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+@contextmanager
+def joined_world(use_cuda: bool) -> Iterator[World]:
+    """``init_world`` for the length of a ``with`` block, then leave the process group. On success every rank first
+    waits for the others: a rank tearing its gloo connections down while another still works can abort in teardown
+    ("terminate called without an active exception", seen once in CI). A failing rank does not wait, since the ranks
+    it would wait for may never come."""
+    world = init_world(use_cuda)
+    try:
+        yield world
+        if world.distributed:
+            dist.barrier()
+    finally:
+        if world.distributed and dist.is_initialized():
+            dist.destroy_process_group()

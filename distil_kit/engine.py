@@ -574,8 +574,7 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
     if overrides:
         cfg = cfg.replace(**overrides)
     data.source_kind(cfg.data_dir)  # a missing data folder fails here, before anything else
-    world = distributed.init_world(use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
-    try:
+    with distributed.joined_world(use_cuda=cfg.device != "cpu" and torch.cuda.is_available()) as world:
         if not world.main:
             _quiet_libraries()
         device = resolve_device(cfg.device, world)
@@ -595,9 +594,6 @@ def finetune(config: RunConfig | dict | None = None, **overrides) -> records.Run
         distributed.on_main(world, lambda: _start_run_folder(engine))
         engine.run(resumed=cfg.resume)
         engine.save_final()
-        distributed.barrier(world)
-    finally:
-        distributed.shutdown(world)
     return records.Run(Path(cfg.output_dir))
 
 

@@ -267,16 +267,10 @@ def _evaluate(config: dict, world: distributed.World) -> tuple[float, dict]:
 
 
 def _harness_eval(out: Path, config: dict) -> None:
-    world = distributed.init_world(use_cuda=False)
-    try:
+    with distributed.joined_world(use_cuda=False) as world:
         acc, predictions = _evaluate(config, world)
         if world.main:
             (out / "eval.json").write_text(json.dumps({"acc": acc, "predictions": predictions}))
-        # As finetune does: no rank tears its gloo connections down while another is still working (a CI run
-        # once saw rank 1 abort in teardown, "terminate called without an active exception", while rank 0 wrote).
-        distributed.barrier(world)
-    finally:
-        distributed.shutdown(world)
 
 
 def _harness_train(out: Path, config: dict) -> None:
