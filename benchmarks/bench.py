@@ -61,7 +61,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from distil_kit.config import RunConfig, parse_sets  # noqa: E402
-from distil_kit.engine import finetune, resolve_config  # noqa: E402
+from distil_kit.engine import finetune  # noqa: E402
+from distil_kit.resolve import resolve_config  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 
 BATCH, LR, SEED, MAX_LEN = 32, 5e-5, 0, 512

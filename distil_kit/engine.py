@@ -10,7 +10,6 @@ rows and tokens are kept out of the rates: they count in train_samples and train
 """
 from __future__ import annotations
 
-import math
 import random
 import resource
 import signal
@@ -31,11 +30,12 @@ from .batching import EpochBatches, SplitDataset, TrimCollate, eval_batches
 from .config import RunConfig
 from .errors import KitError
 from .graphed_step import INPUTS as STEP_INPUTS, GraphedSteps, capturable_lr
-from .modeling import (DEFAULT_MODEL, file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256,
+from .recipe import optimizer_groups, total_optimizer_steps
+from .resolve import resolve_config, resolve_device
+from .modeling import (file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256,
                        weights_sha256)
 from .preprocess import tokenize
 
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")  # FlagPerf's no-weight-decay parameter names
 GIB = 2**30
 # "checkpoint": the training loop's share of checkpointing (records, RNG gather, host snapshot, any wait for the
 # previous write); the disk write itself runs on a thread
@@ -44,64 +44,6 @@ FRESH_TIMERS = {"e2e_before": 0.0, "train": 0.0, "eval": 0.0, "data": 0.0, "comp
 
 class RunInterrupted(KitError):
     """A run stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
-
-
-# --- configuration resolved against the machine --------------------------------------------------------------
-
-def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise KitError(f"parameter 'device'={name!r}: no CUDA GPU is visible to this process; use auto or cpu")
-        if world is not None and world.distributed:
-            return torch.device("cuda", world.local_rank)
-    return torch.device(name)
-
-
-def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
-    """Fill every run-time default (model, output folder, the fast switches, precision) so config.json is whole."""
-    cuda = device.type == "cuda"
-    model = cfg.model
-    if model is None:
-        folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
-        model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
-    precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    # DataLoader workers stay off: their pin-memory thread allocating during a capture would break it (untried).
-    graphs_fit = (cuda and world_size == 1 and cfg.gradient_accumulation_steps == 1 and precision != "fp16"
-                  and cfg.num_workers == 0)
-    resolved = cfg.replace(
-        model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
-        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
-        pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
-        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
-        cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit)
-    if resolved.cuda_graphs and not graphs_fit:
-        raise KitError(f"parameter 'cuda_graphs'=true: needs a CUDA device, one process, gradient_accumulation_steps "
-                       f"1, num_workers 0 and a precision other than fp16 (this run: device {device}, {world_size} "
-                       f"process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers {cfg.num_workers}, "
-                       f"precision {precision})")
-    return resolved
-
-
-def fast_precision(device: torch.device) -> str:
-    """bf16 where the hardware computes in it; fp16 on older GPUs; fp32 on CPUs that would only emulate bf16."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # torch.cpu's own probes (what inductor uses): AVX512-BF16 or AMX make bf16 matmuls native on the CPU.
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
-
-
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """FlagPerf's two AdamW groups: no weight decay on biases and LayerNorm weights."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0}]
-
-
-def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:
-    return math.ceil(batches_per_epoch / accumulation) * epochs
 
 
 def seed_everything(seed: int) -> None:

@@ -21,8 +21,7 @@ H100 with torch 2.11 every capture failed in backward ("operation would make the
 capturing blocking stream"), with or without the pre-training evaluation, the state restore or the RNG restore, and
 passed once the run moved to its own stream.
 
-Requirements, checked by ``engine.resolve_config``: one process, no gradient accumulation, no fp16 grad scaler, no
-DataLoader workers.
+When graphs apply is ``graphs_fit``, beside the step it guards; ``resolve.resolve_config`` asks it.
 """
 from __future__ import annotations
 
@@ -38,6 +37,19 @@ WARMUP_STEPS = 2
 # The attention kernels the graphed steps were measured and tested with (dropout included); cuDNN's, which torch
 # picks first for bf16 on an H100, was left out while captures were failing and has not been tried in a graph since.
 CAPTURABLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+REQUIREMENTS = ("a CUDA device, one process, gradient_accumulation_steps 1, num_workers 0 and a precision other "
+                "than fp16")
+
+
+def graphs_fit(device: torch.device, world_size: int, accumulation: int, precision: str, num_workers: int) -> bool:
+    """Whether a whole step can be one graph (``REQUIREMENTS``). One process: DDP's gradient all-reduce is not
+    captured. No accumulation: a graph is one forward, backward and update. Not fp16: the grad scaler's
+    inf check reads its result on the host. No DataLoader workers: their pin-memory thread could allocate on the
+    device during a capture."""
+    return (device.type == "cuda" and world_size == 1 and accumulation == 1 and precision != "fp16"
+            and num_workers == 0)
 
 
 @dataclass

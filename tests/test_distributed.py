@@ -26,6 +26,7 @@ from distil_kit.batching import EpochBatches, eval_batches
 from distil_kit.config import RunConfig
 from distil_kit.errors import KitError
 from distil_kit.records import Run
+from distil_kit.resolve import resolve_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -259,7 +260,7 @@ def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir
 def _evaluate(config: dict, world: distributed.World) -> tuple[float, dict]:
     """The engine's evaluation of ``config``'s model on the whole dev split, as every rank sees it."""
     device = torch.device("cpu")
-    cfg = engine.resolve_config(RunConfig.from_dict(config), device)
+    cfg = resolve_config(RunConfig.from_dict(config), device)
     runner = engine._Engine(cfg, world, device, time.perf_counter())
     acc = runner.evaluate()
     frame = runner.predictions[["idx", "pred", "prob_pos"]] if world.main else None

@@ -8,7 +8,8 @@ import torch
 
 from distil_kit import KitError, RunConfig, finetune
 from distil_kit.config import load_config
-from distil_kit.engine import fast_precision, optimizer_groups, total_optimizer_steps
+from distil_kit.recipe import optimizer_groups, total_optimizer_steps
+from distil_kit.resolve import fast_precision
 from distil_kit.modeling import load_classifier
 from distil_kit.records import EVAL_COLUMNS, PREDICTION_COLUMNS, STEP_COLUMNS, Run
 
@@ -219,7 +220,7 @@ def test_cuda_graphs_on_cpu_is_refused_before_any_work(tiny_run, tmp_path):
 
 
 def test_cuda_graphs_default_only_where_a_step_can_be_captured():
-    from distil_kit.engine import resolve_config
+    from distil_kit.resolve import resolve_config
 
     cuda = torch.device("cuda")  # resolve_config only reads the device type: no GPU needed
     fast = RunConfig.from_dict({"fast": True, "precision": "bf16", "output_dir": "unused"})

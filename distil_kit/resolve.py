@@ -1,0 +1,54 @@
+"""A ``RunConfig`` resolved against the machine: the device, and every run-time default (model, output folder,
+precision, the fast switches) filled in, so that the run's config.json says exactly what ran."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import distributed, graphed_step, records
+from .config import RunConfig
+from .errors import KitError
+from .modeling import DEFAULT_MODEL
+
+
+def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KitError(f"parameter 'device'={name!r}: no CUDA GPU is visible to this process; use auto or cpu")
+        if world is not None and world.distributed:
+            return torch.device("cuda", world.local_rank)
+    return torch.device(name)
+
+
+def fast_precision(device: torch.device) -> str:
+    """bf16 where the hardware computes in it; fp16 on older GPUs; fp32 on CPUs that would only emulate bf16."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # torch.cpu's own probes (what inductor uses): AVX512-BF16 or AMX make bf16 matmuls native on the CPU.
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
+
+
+def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
+    """Fill every run-time default (model, output folder, the fast switches, precision) so config.json is whole."""
+    model = cfg.model
+    if model is None:
+        folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
+        model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
+    precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
+    graphs_fit = graphed_step.graphs_fit(device, world_size, cfg.gradient_accumulation_steps, precision,
+                                         cfg.num_workers)
+    resolved = cfg.replace(
+        model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
+        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
+        pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
+        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
+        cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit)
+    if resolved.cuda_graphs and not graphs_fit:
+        raise KitError(f"parameter 'cuda_graphs'=true: needs {graphed_step.REQUIREMENTS} (this run: device {device}, "
+                       f"{world_size} process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers "
+                       f"{cfg.num_workers}, precision {precision})")
+    return resolved
