@@ -1,32 +1,20 @@
-"""Run folders read back into pandas, and the tables built from them: runs side by side with FlagPerf's
-published rows, repeated seeds, and the errors of the final model.
+"""The tables built from runs: runs side by side with FlagPerf's published rows, repeated seeds, and the errors
+of the final model; and ``report``, which writes them with every figure.
 
-Reads only the files that docs/run-folder.md names; the figures are in ``distil_kit.plots``.
+Every table takes a list of ``records.Run`` (``records.find_runs`` turns folders and globs into one); the figures
+are in ``distil_kit.plots``.
 """
 from __future__ import annotations
 
-import glob
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from . import records, reference
+from . import reference
 from .atomic import write_csv_atomic
-from .errors import KitError
-
-CSV_COLUMNS = {"steps.csv": records.STEP_COLUMNS, "evals.csv": records.EVAL_COLUMNS,
-               "predictions.csv": records.PREDICTION_COLUMNS}
-THROUGHPUTS = ("throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute")
-JSON_KEYS = {  # the keys this module reads; the engine writes more
-    "config.json": ("model", "precision", "seed", "target_acc"),
-    "summary.json": ("acc", "best_acc", "converged", "epochs_run", "time_to_target", "e2e_time", *THROUGHPUTS,
-                     "peak_memory_gib", "global_batch_size", "world_size"),
-    "manifest.json": ("device_name",),
-}
+from .records import THROUGHPUTS, Run
 
 # Comparison-table column: summary.json key (published rows use the same keys, see reference.COLUMNS).
 SUMMARY_COLUMNS = {
@@ -40,111 +28,9 @@ SEED_IGNORED = ("seed", "output_dir", "resume", "overwrite")
 LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 40, np.inf)  # sentence length buckets, in words
 
 
-@dataclass(frozen=True)
-class RunRecords:
-    """One finished run folder, read back: the JSON files as dicts, the CSV files as frames."""
-
-    folder: Path
-    config: dict
-    steps: pd.DataFrame
-    evals: pd.DataFrame
-    summary: dict
-    manifest: dict
-    predictions: pd.DataFrame
-
-
-# --- reading --------------------------------------------------------------------------------------------------
-
-def _read_json(path: Path) -> dict:
-    obj = records._read_json(path)
-    if not isinstance(obj, dict):
-        raise KitError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    missing = [k for k in JSON_KEYS[path.name] if k not in obj]
-    if missing:
-        raise KitError(f"{path}: missing key(s) {', '.join(missing)}")
-    return obj
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """records' reader, plus numbers where numbers belong: a stray string would otherwise plot as a category."""
-    frame = records._read_csv(path, CSV_COLUMNS[path.name])
-    for column in CSV_COLUMNS[path.name]:
-        if column == "sentence":
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = np.flatnonzero(values.isna() & frame[column].notna())
-        if bad.size:
-            raise KitError(f"{path}: line {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
-        frame[column] = values
-    return frame
-
-
-def _check_predictions(path: Path, frame: pd.DataFrame) -> None:
-    """Catch an engine that wrote logits or class ids the analysis would silently misread."""
-    for column, ok in (("label", frame.label.isin((0, 1))), ("pred", frame.pred.isin((0, 1))),
-                       ("prob_pos", frame.prob_pos.between(0, 1))):
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            expected = "a probability in [0, 1]" if column == "prob_pos" else "0 or 1"
-            raise KitError(f"{path}: line {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]:g} is not {expected}")
-
-
-def load_run(folder) -> RunRecords:
-    """Read a finished run folder; a missing or malformed file is a KitError naming it."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise KitError(f"run folder {folder} does not exist")
-    if records.run_state(folder) == "unfinished":
-        raise KitError(f"{folder / 'summary.json'}: file not found; the run is unfinished (resume it, or leave it out)")
-    jsons = {name: _read_json(folder / name) for name in JSON_KEYS}
-    csvs = {name: _read_csv(folder / name) for name in CSV_COLUMNS}
-    _check_predictions(folder / "predictions.csv", csvs["predictions.csv"])
-    return RunRecords(folder=folder, config=jsons["config.json"], summary=jsons["summary.json"],
-                      manifest=jsons["manifest.json"], steps=csvs["steps.csv"], evals=csvs["evals.csv"],
-                      predictions=csvs["predictions.csv"])
-
-
-def load_runs(paths_or_globs) -> list[RunRecords]:
-    """Runs from folders, glob patterns, ``records.Run`` (what ``finetune`` returns) or loaded ``RunRecords``,
-    in the order given, each once.
-
-    A pattern keeps the finished run folders it matches (those holding summary.json) and must match one;
-    a folder named as is must be a finished run.
-    """
-    if isinstance(paths_or_globs, (str, Path, RunRecords, records.Run)):
-        paths_or_globs = [paths_or_globs]
-    runs: dict[Path, RunRecords] = {}
-    for item in paths_or_globs:
-        if isinstance(item, RunRecords):
-            runs.setdefault(item.folder.resolve(), item)
-            continue
-        if isinstance(item, records.Run):
-            item = item.folder
-        for folder in _expand(str(item)):
-            if folder.resolve() not in runs:
-                runs[folder.resolve()] = load_run(folder)
-    if not runs:
-        raise KitError("no runs given; pass run folders or glob patterns such as runs/*")
-    return list(runs.values())
-
-
-def _expand(pattern: str) -> list[Path]:
-    if not glob.has_magic(pattern):
-        return [Path(pattern)]
-    matches = [Path(m) for m in sorted(glob.glob(pattern)) if (Path(m) / "summary.json").is_file()]
-    if not matches:
-        raise KitError(f"{pattern}: matches no finished run folder (one holding summary.json)")
-    return matches
-
-
-def run_list(runs) -> list[RunRecords]:
-    """``runs`` as loaded records: whatever ``load_runs`` takes (a Run from ``finetune``, folders, globs)."""
-    return load_runs(runs)
-
-
 # --- labels ---------------------------------------------------------------------------------------------------
 
-def run_label(run: RunRecords) -> str:
+def run_label(run: Run) -> str:
     """The short label that names a run in legends: "model, precision, batch N, device"."""
     path = Path(str(run.config["model"]))
     # A folder named "model" (a run's saved model, a FlagPerf data folder's model/) says nothing: name its parent.
@@ -153,22 +39,21 @@ def run_label(run: RunRecords) -> str:
             f"{run.manifest['device_name']}")
 
 
-def run_labels(runs: Iterable[RunRecords]) -> list[str]:
+def run_labels(runs: list[Run]) -> list[str]:
     """Each run's label, with its folder name added where two runs would otherwise share one."""
-    runs = run_list(runs)
     labels = [run_label(r) for r in runs]
-    return [f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label for r, label in zip(runs, labels)]
+    return [f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label
+            for r, label in zip(runs, labels, strict=True)]
 
 
 # --- tables ---------------------------------------------------------------------------------------------------
 
-def comparison_table(runs, published: bool = True) -> pd.DataFrame:
+def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
     """Runs side by side, then (``published``) FlagPerf's A100 rows; ``source`` tells measured from published."""
-    runs = run_list(runs)
     rows = [{"source": "measured", "label": label, "model": Path(str(r.config["model"])).name,
              "device": r.manifest["device_name"], "precision": r.config["precision"],
              **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()}, "run": str(r.folder)}
-            for r, label in zip(runs, run_labels(runs))]
+            for r, label in zip(runs, run_labels(runs), strict=True)]
     if published:
         for row in reference.published().to_dict("records"):
             hp = f", {row['fix_hp']}" if row["fix_hp"] else ""
@@ -185,14 +70,14 @@ def _config_key(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in SEED_IGNORED}, sort_keys=True, default=str)
 
 
-def seed_groups(runs) -> pd.DataFrame:
+def seed_groups(runs: list[Run]) -> pd.DataFrame:
     """One row per configuration, grouping runs whose configs differ only in ``SEED_IGNORED`` keys.
 
     Means and sample standard deviations (ddof 1: NaN for a single run); time to target over the runs that
     reached it, counted in ``reached_target``.
     """
-    groups: dict[str, list[RunRecords]] = {}
-    for run in run_list(runs):
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
         groups.setdefault(_config_key(run.config), []).append(run)
     rows = []
     for members in groups.values():
@@ -212,11 +97,10 @@ def confidence(predictions: pd.DataFrame) -> pd.Series:
     return predictions.prob_pos.where(predictions.pred == 1, 1 - predictions.prob_pos)
 
 
-def confidently_wrong(runs, k: int = 10) -> pd.DataFrame:
+def confidently_wrong(runs: list[Run], k: int = 10) -> pd.DataFrame:
     """Per run, the ``k`` wrong dev predictions with the highest confidence in the wrong class, most first."""
-    runs = run_list(runs)
     frames = []
-    for run, label in zip(runs, run_labels(runs)):
+    for run, label in zip(runs, run_labels(runs), strict=True):
         p = run.predictions.assign(confidence=confidence(run.predictions))
         wrong = p[p.label != p.pred].sort_values("confidence", ascending=False, kind="stable").head(k)
         frames.append(wrong.assign(run=label))
@@ -224,16 +108,15 @@ def confidently_wrong(runs, k: int = 10) -> pd.DataFrame:
 
 
 def _bucket_names(edges) -> list[str]:
-    return [f"{lo + 1}+" if np.isinf(hi) else f"{lo + 1}-{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"{lo + 1}+" if np.isinf(hi) else f"{lo + 1}-{hi}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def accuracy_by_length(runs, edges=LENGTH_EDGES) -> pd.DataFrame:
+def accuracy_by_length(runs: list[Run], edges=LENGTH_EDGES) -> pd.DataFrame:
     """Dev accuracy per sentence-length bucket (whitespace-separated words), one row per run and bucket;
     empty buckets are kept (accuracy NaN) so every run has the same rows."""
     names = _bucket_names(edges)
-    runs = run_list(runs)
     frames = []
-    for run, label in zip(runs, run_labels(runs)):
+    for run, label in zip(runs, run_labels(runs), strict=True):
         p = run.predictions
         words = p.sentence.astype(str).str.split().str.len()
         bucket = pd.cut(words, edges, labels=names)
@@ -243,7 +126,7 @@ def accuracy_by_length(runs, edges=LENGTH_EDGES) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def calibration(run: RunRecords, bins: int = 10) -> pd.DataFrame:
+def calibration(run: Run, bins: int = 10) -> pd.DataFrame:
     """Reliability table: dev sentences binned by P(positive), with the share of them actually positive."""
     p = run.predictions
     bin_of = np.minimum((p.prob_pos * bins).astype(int), bins - 1)  # prob 1.0 belongs to the top bin
@@ -257,15 +140,14 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
     return float((table.sentences * (table.frac_pos - table.p_mean).abs()).sum() / table.sentences.sum())
 
 
-def confusion(run: RunRecords) -> np.ndarray:
+def confusion(run: Run) -> np.ndarray:
     """2x2 counts, rows the true label (0 negative, 1 positive), columns the prediction."""
     p = run.predictions
     return np.array([[int(((p.label == t) & (p.pred == q)).sum()) for q in (0, 1)] for t in (0, 1)])
 
 
-def tables(runs, published: bool = True, k: int = 10) -> dict[str, pd.DataFrame]:
+def tables(runs: list[Run], published: bool = True, k: int = 10) -> dict[str, pd.DataFrame]:
     """Every table of the report, by file stem."""
-    runs = run_list(runs)
     return {"comparison": comparison_table(runs, published), "seeds": seed_groups(runs),
             "confidently_wrong": confidently_wrong(runs, k), "accuracy_by_length": accuracy_by_length(runs)}
 
@@ -279,12 +161,13 @@ def save_tables(frames: dict[str, pd.DataFrame], out_dir) -> list[Path]:
     return [write_csv_atomic(out / f"{name}.csv", frame) for name, frame in frames.items()]
 
 
-def report(runs, out_dir, published: bool = True) -> dict[str, Path]:
-    """Load ``runs`` (anything ``load_runs`` takes) and write every figure (PNG) and table (CSV) into
-    ``out_dir``; returns the written files by name."""
+def report(runs: list[Run], out_dir, published: bool = True) -> dict[str, Path]:
+    """Every figure (PNG) and table (CSV) of ``runs`` into ``out_dir``; returns the written files by name.
+    Every run's files are read and checked first, so a bad run folder stops the report before anything is written."""
     from . import plots  # imported here: plots builds on this module
 
-    runs = load_runs(runs)
+    for run in runs:
+        run.check()
     figures = plots.figures(runs, published)
     written = plots.save_figures(figures, out_dir) + save_tables(tables(runs, published), out_dir)
     return {path.name: path for path in written}

@@ -32,8 +32,9 @@ def _finetune(args) -> None:
 
 def _report(args) -> None:
     from .analysis import report
+    from .records import find_runs
 
-    for path in report(args.runs, args.out).values():
+    for path in report(find_runs(args.runs), args.out).values():
         print(path)
 
 

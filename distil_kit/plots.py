@@ -2,10 +2,12 @@
 it, ``save_figures`` writes it. Figures are built without pyplot, so no global state or GUI backend is
 involved and nothing needs closing.
 
-Every figure colours a run the same way (by its position in ``runs``) and names it by its short label.
+Every run figure takes a list of ``records.Run`` (``records.find_runs`` turns folders and globs into one),
+colours a run the same way (by its position in the list) and names it by its short label.
 """
 from __future__ import annotations
 
+import glob
 import io
 import textwrap
 from pathlib import Path
@@ -19,10 +21,10 @@ from matplotlib.ticker import MaxNLocator
 from . import analysis
 from .atomic import write_atomic
 from .data import Split
+from .records import THROUGHPUTS, Run
 
 DPI = 120
 PALETTE = matplotlib.colormaps["tab10"].colors
-THROUGHPUTS = analysis.THROUGHPUTS
 METRIC_NAMES = {  # FlagPerf's throughput names, with what each divides the trained samples by
     "throughput(ips)_raw": "raw: training loop, evaluation included",
     "throughput(ips)_no_eval": "no_eval: training loop without evaluation",
@@ -56,14 +58,13 @@ def _style(text: str, **line) -> tuple[Line2D, str]:
     return Line2D([], [], **{"color": "0.3", **line}), text
 
 
-def loss_figure(runs, smoothing: float = 0.9) -> Figure:
+def loss_figure(runs: list[Run], smoothing: float = 0.9) -> Figure:
     """Training loss against step (logged values faint, their EMA solid), learning rate on the right axis."""
-    runs = analysis.run_list(runs)
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     fig = _Figure(figsize=(10, 6), layout="constrained")
     ax = fig.add_subplot()
     lr_ax = ax.twinx()
-    for run, label, color in zip(runs, labels, colors):
+    for run, label, color in zip(runs, labels, colors, strict=True):
         s = run.steps
         ax.plot(s.step, s.loss, color=color, alpha=0.3, lw=1)
         ax.plot(s.step, s.loss.ewm(alpha=1 - smoothing).mean(), color=color, lw=2, label=label)
@@ -79,13 +80,12 @@ def loss_figure(runs, smoothing: float = 0.9) -> Figure:
     return fig
 
 
-def accuracy_figure(runs) -> Figure:
+def accuracy_figure(runs: list[Run]) -> Figure:
     """Dev accuracy against epoch and against training seconds (time to accuracy), with the target line."""
-    runs = analysis.run_list(runs)
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     fig = _Figure(figsize=(12, 5.5), layout="constrained")
     by_epoch, by_time = fig.subplots(1, 2, sharey=True)
-    for run, label, color in zip(runs, labels, colors):
+    for run, label, color in zip(runs, labels, colors, strict=True):
         e = run.evals
         by_epoch.plot(e.epoch, e.accuracy, color=color, marker="o", label=label)
         by_time.plot(e.train_s, e.accuracy, color=color, marker="o", label=label)
@@ -105,13 +105,12 @@ def accuracy_figure(runs) -> Figure:
     return fig
 
 
-def throughput_figure(runs) -> Figure:
+def throughput_figure(runs: list[Run]) -> Figure:
     """Training throughput in samples/s and (real, unpadded) tokens/s against step."""
-    runs = analysis.run_list(runs)
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     fig = _Figure(figsize=(10, 7), layout="constrained")
     samples_ax, tokens_ax = fig.subplots(2, 1, sharex=True)
-    for run, label, color in zip(runs, labels, colors):
+    for run, label, color in zip(runs, labels, colors, strict=True):
         s = run.steps
         samples_ax.plot(s.step, s.samples_per_s, color=color, marker=".", label=label)
         tokens_ax.plot(s.step, s.tokens_per_s, color=color, marker=".", label=label)
@@ -136,9 +135,10 @@ def benchmark_figure(table) -> Figure:
     y = np.arange(len(frame))[::-1]
     bars = ax.barh(y, frame.samples_per_s, color=_colors(len(frame)))
     ax.bar_label(bars, labels=[f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer)" for v, a, b in
-                               zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer)],
+                               zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer, strict=True)],
                  fontsize=8, padding=3)
-    ax.set_yticks(y, [f"{v}: {label}\n{p}" for v, label, p in zip(frame.variant, frame.label, frame.precision)])
+    ax.set_yticks(y, [f"{v}: {label}\n{p}"
+                      for v, label, p in zip(frame.variant, frame.label, frame.precision, strict=True)])
     ax.set_xlim(0, frame.samples_per_s.max() * 1.6)
     first = frame.iloc[0]
     ax.set(title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
@@ -148,11 +148,18 @@ def benchmark_figure(table) -> Figure:
     return fig
 
 
-def benchmark_figures(patterns) -> dict[str, Figure]:
-    """One ``benchmark_figure`` per benchmark CSV matched by ``patterns`` (paths or globs), named by file."""
-    import glob
+def find_benchmarks(patterns, base=None) -> list[Path]:
+    """The benchmark CSVs that ``patterns`` (a list of paths and glob patterns, relative ones starting from
+    ``base``, default the working directory) match, by name, each once; none is no error (no figures)."""
+    if isinstance(patterns, (str, Path)):
+        raise TypeError(f"find_benchmarks takes a list of paths or glob patterns, e.g. [{str(patterns)!r}]")
+    here = Path() if base is None else Path(base)
+    return [here / p for p in sorted({p for pattern in patterns for p in glob.glob(str(pattern), root_dir=base)})]
 
-    paths = sorted({p for pattern in patterns for p in glob.glob(str(pattern))})
+
+def benchmark_figures(paths: list[Path]) -> dict[str, Figure]:
+    """One ``benchmark_figure`` per benchmark CSV in ``paths`` (``find_benchmarks`` resolves globs), named by
+    file."""
     return {Path(p).stem: benchmark_figure(p) for p in paths}
 
 
@@ -180,7 +187,7 @@ def _value_labels(values) -> list[str]:
     return [f"{v:,.1f}" if np.isfinite(v) else "n/a" for v in values]
 
 
-def flagperf_figure(runs, published: bool = True) -> Figure:
+def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
     """FlagPerf's metrics per run: the three throughputs and e2e_time, with FlagPerf's published A100 rows
     (hatched) when ``published``."""
     table = analysis.comparison_table(runs, published)
@@ -189,11 +196,12 @@ def flagperf_figure(runs, published: bool = True) -> Figure:
     fig = _Figure(figsize=(13, 2.5 + 0.75 * len(table)), layout="constrained")
     rates, e2e = fig.subplots(1, 2, sharey=True, width_ratios=(2, 1))
     height = 0.8 / len(THROUGHPUTS)
-    for i, (metric, color) in enumerate(zip(THROUGHPUTS, _colors(len(THROUGHPUTS)))):
+    for i, (metric, color) in enumerate(zip(THROUGHPUTS, _colors(len(THROUGHPUTS)), strict=True)):
         _bars(rates, y + (i - 1) * height, table[metric], height, color, hatch, label=METRIC_NAMES[metric])
     _bars(e2e, y, table["e2e_time_s"], 0.5, "0.6", hatch)
     rates.set(yticks=y, yticklabels=[_wrap(label) for label in table.label], ylabel="run",
-              title="Training throughput (FlagPerf's ips)", xlabel=_scale(rates, table[list(THROUGHPUTS)], "samples/s"))
+              title="Training throughput (FlagPerf's ips)",
+              xlabel=_scale(rates, table[list(THROUGHPUTS)], "samples/s"))
     e2e.set(title="End-to-end time (e2e_time)", xlabel=_scale(e2e, table[["e2e_time_s"]], "seconds"))
     rates.invert_yaxis()  # first run on top
     for ax in (rates, e2e):
@@ -205,15 +213,14 @@ def flagperf_figure(runs, published: bool = True) -> Figure:
     return fig
 
 
-def confusion_figure(runs) -> Figure:
+def confusion_figure(runs: list[Run]) -> Figure:
     """A 2x2 confusion matrix on dev per run: counts, and each cell's share of its true class."""
-    runs = analysis.run_list(runs)
     cols = min(len(runs), 3)
     rows = -(-len(runs) // cols)
     fig = _Figure(figsize=(4.2 * cols, 4.2 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     classes = ["negative (0)", "positive (1)"]
-    for ax, run, label in zip(axes, runs, analysis.run_labels(runs)):
+    for ax, run, label in zip(axes, runs, analysis.run_labels(runs), strict=False):
         counts = analysis.confusion(run)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -230,15 +237,14 @@ def confusion_figure(runs) -> Figure:
     return fig
 
 
-def calibration_figure(runs, bins: int = 10) -> Figure:
+def calibration_figure(runs: list[Run], bins: int = 10) -> Figure:
     """Reliability curve: predicted P(positive) against the share actually positive, with the sentences per bin."""
-    runs = analysis.run_list(runs)
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     fig = _Figure(figsize=(10, 8.5), layout="constrained")
     curve, counts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     curve.plot([0, 1], [0, 1], color="black", ls=":", lw=1)
     texts = []
-    for run, label, color in zip(runs, labels, colors):
+    for run, label, color in zip(runs, labels, colors, strict=True):
         table = analysis.calibration(run, bins)
         curve.plot(table.p_mean, table.frac_pos, color=color, marker="o", label=label)
         counts.plot(table.p_mean, table.sentences, color=color, marker="o")
@@ -252,21 +258,20 @@ def calibration_figure(runs, bins: int = 10) -> Figure:
     return fig
 
 
-def accuracy_by_length_figure(runs) -> Figure:
+def accuracy_by_length_figure(runs: list[Run]) -> Figure:
     """Dev accuracy per sentence-length bucket (words), one line per run."""
-    runs = analysis.run_list(runs)
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     table = analysis.accuracy_by_length(runs)
     fig = _Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    for label, color in zip(labels, colors):
+    for label, color in zip(labels, colors, strict=True):
         rows = table[table.run == label]
         ax.plot(np.arange(len(rows)), rows.accuracy, color=color, marker="o", label=label)
     first = table[table.run == labels[0]]
     # Counts under the buckets only when every run saw the same dev sentences.
     shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
     ax.set_xticks(np.arange(len(first)), [f"{b}\n({n} sentences)" if shared else b
-                                          for b, n in zip(first.length_words, first.sentences)])
+                                          for b, n in zip(first.length_words, first.sentences, strict=True)])
     ax.set(title="Dev accuracy by sentence length", xlabel="sentence length (words)",
            ylabel="dev accuracy (fraction correct)")
     ax.grid(alpha=0.3)
@@ -279,7 +284,7 @@ def token_length_histogram(splits: dict[str, Split], max_length: int = 512) -> F
     (dashed, the split's colour) and ``max_length`` (FlagPerf pads every row to 512)."""
     fig = _Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    for (name, split), color in zip(splits.items(), _colors(len(splits))):
+    for (name, split), color in zip(splits.items(), _colors(len(splits)), strict=True):
         lengths, width = split.lengths, int(split.input_ids.shape[1])
         ax.hist(lengths, bins=np.arange(lengths.min() - 0.5, lengths.max() + 1.5),
                 weights=np.full(len(lengths), 1 / len(lengths)), histtype="step", lw=1.5, color=color,
@@ -298,9 +303,8 @@ def token_length_histogram(splits: dict[str, Split], max_length: int = 512) -> F
     return fig
 
 
-def figures(runs, published: bool = True) -> dict[str, Figure]:
+def figures(runs: list[Run], published: bool = True) -> dict[str, Figure]:
     """Every figure of the report, by file stem."""
-    runs = analysis.run_list(runs)
     return {"loss": loss_figure(runs), "accuracy": accuracy_figure(runs), "throughput": throughput_figure(runs),
             "flagperf": flagperf_figure(runs, published), "confusion": confusion_figure(runs),
             "calibration": calibration_figure(runs), "accuracy_by_length": accuracy_by_length_figure(runs)}

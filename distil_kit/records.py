@@ -1,6 +1,8 @@
-"""The run folder (see docs/run-folder.md): preparing it, writing its files atomically, reading them back."""
+"""The run folder (see docs/run-folder.md): preparing it, writing its files atomically, and ``Run``, the one
+reader of it (``find_runs`` resolves folders and glob patterns into runs)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -12,15 +14,24 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .atomic import write_csv_atomic, write_json_atomic
+from .atomic import write_csv_atomic
 from .errors import KitError
 
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "samples_per_s", "tokens_per_s", "elapsed_s"]
 EVAL_COLUMNS = ["epoch", "step", "accuracy", "eval_s", "train_s"]
 PREDICTION_COLUMNS = ["idx", "sentence", "label", "pred", "prob_pos"]
 RUN_FILES = ("config.json", "steps.csv", "evals.csv", "summary.json", "manifest.json", "predictions.csv")
+CSV_COLUMNS = {"steps.csv": STEP_COLUMNS, "evals.csv": EVAL_COLUMNS, "predictions.csv": PREDICTION_COLUMNS}
+THROUGHPUTS = ("throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute")
+JSON_KEYS = {  # the keys the analysis reads, checked as each file is read; the engine writes more
+    "config.json": ("model", "precision", "seed", "target_acc"),
+    "summary.json": ("acc", "best_acc", "converged", "epochs_run", "time_to_target", "e2e_time", *THROUGHPUTS,
+                     "peak_memory_gib", "global_batch_size", "world_size"),
+    "manifest.json": ("device_name",),
+}
 
 
 def default_output_dir() -> str:
@@ -101,40 +112,97 @@ def environment_manifest() -> dict:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "device_name": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "device_name": (torch.cuda.get_device_name() if cuda
+                        else f"CPU ({platform.processor() or platform.machine()})"),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "git_commit": git_commit(),
         "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+# --- reading --------------------------------------------------------------------------------------------------
+
 def _read_json(path: Path) -> dict:
+    """A JSON object holding at least the keys readers rely on (``JSON_KEYS``)."""
     if not path.is_file():
         raise KitError(f"{path}: file not found; the run folder is incomplete")
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise KitError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise KitError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    missing = [k for k in JSON_KEYS[path.name] if k not in obj]
+    if missing:
+        raise KitError(f"{path}: missing key(s) {', '.join(missing)}")
+    return obj
 
 
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file with the contract's columns (``CSV_COLUMNS``), numbers where numbers belong: a stray string
+    would otherwise plot as a category."""
     if not path.is_file():
         raise KitError(f"{path}: file not found; the run folder is incomplete")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: malformed CSV ({str(e).splitlines()[0]})") from e
+    columns = CSV_COLUMNS[path.name]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KitError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+    for column in columns:
+        if column == "sentence":
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(values.isna() & frame[column].notna())
+        if bad.size:
+            raise KitError(f"{path}: line {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+        frame[column] = values
+    return frame
+
+
+def _check_predictions(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Catch an engine that wrote logits or class ids the analysis would silently misread."""
+    for column, ok in (("label", frame.label.isin((0, 1))), ("pred", frame.pred.isin((0, 1))),
+                       ("prob_pos", frame.prob_pos.between(0, 1))):
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            expected = "a probability in [0, 1]" if column == "prob_pos" else "0 or 1"
+            raise KitError(f"{path}: line {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]:g} is not {expected}")
     return frame
 
 
 @dataclass(frozen=True)
 class Run:
-    """A run folder and its records, read on first use."""
+    """A run folder and its records: the JSON files as dicts, the CSV files as frames.
+
+    The one reader of the run folder. ``Run(folder)`` (what ``finetune`` returns, finished or not) reads each
+    file on first use; ``Run.read(folder)`` reads a finished run's every file at once. Either way a file is
+    checked as it is read, and a missing or malformed one is a one-line KitError naming it.
+    """
 
     folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    @classmethod
+    def read(cls, folder) -> Run:
+        """A finished run folder, every file read and checked now."""
+        return cls(folder).check()
+
+    def check(self) -> Run:
+        """Read and check every file now (the run must be finished); returns the run."""
+        if not self.folder.is_dir():
+            raise KitError(f"run folder {self.folder} does not exist")
+        for name in ("summary", "config", "manifest", "steps", "evals", "predictions"):
+            getattr(self, name)
+        return self
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "summary.json").exists()
 
     @cached_property
     def config(self) -> dict:
@@ -142,6 +210,9 @@ class Run:
 
     @cached_property
     def summary(self) -> dict:
+        if run_state(self.folder) == "unfinished":
+            raise KitError(f"{self.folder / 'summary.json'}: file not found; the run is unfinished (resume it, "
+                           f"or leave it out)")
         return _read_json(self.folder / "summary.json")
 
     @cached_property
@@ -150,19 +221,47 @@ class Run:
 
     @cached_property
     def steps(self) -> pd.DataFrame:
-        return _read_csv(self.folder / "steps.csv", STEP_COLUMNS)
+        return _read_csv(self.folder / "steps.csv")
 
     @cached_property
     def evals(self) -> pd.DataFrame:
-        return _read_csv(self.folder / "evals.csv", EVAL_COLUMNS)
+        return _read_csv(self.folder / "evals.csv")
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
-        return _read_csv(self.folder / "predictions.csv", PREDICTION_COLUMNS)
-
-    @property
-    def finished(self) -> bool:
-        return (self.folder / "summary.json").exists()
+        return _check_predictions(self.folder / "predictions.csv", _read_csv(self.folder / "predictions.csv"))
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r})"
+
+
+def find_runs(patterns, base=None) -> list[Run]:
+    """The finished runs that ``patterns`` (a list of run folders and glob patterns) name, read and checked, in
+    the order given and each once; relative patterns start from ``base`` (default: the working directory).
+
+    A folder named as is must hold a finished run; a pattern keeps the finished run folders it matches (those
+    holding summary.json, by name) and must match one. Globs are resolved here, at the notebook's and the CLI's
+    boundary: every table and figure takes the list of runs this returns.
+    """
+    if isinstance(patterns, (str, os.PathLike)):
+        raise TypeError(f"find_runs takes a list of run folders or glob patterns, e.g. [{str(patterns)!r}]")
+    runs: dict[Path, Run] = {}
+    for pattern in patterns:
+        for folder in _run_folders(str(pattern), None if base is None else Path(base)):
+            if folder.resolve() not in runs:
+                runs[folder.resolve()] = Run.read(folder)
+    if not runs:
+        raise KitError("no runs given; pass run folders or glob patterns such as runs/*")
+    return list(runs.values())
+
+
+def _run_folders(pattern: str, base: Path | None) -> list[Path]:
+    here = Path() if base is None else base
+    if not glob.has_magic(pattern):
+        return [here / pattern]
+    matches = [here / m for m in sorted(glob.glob(pattern, root_dir=base))]
+    matches = [m for m in matches if (m / "summary.json").is_file()]
+    if not matches:
+        where = "" if Path(pattern).is_absolute() else f" under {here.resolve()}"
+        raise KitError(f"{pattern}: matches no finished run folder (one holding summary.json){where}")
+    return matches

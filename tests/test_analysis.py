@@ -87,9 +87,8 @@ def run_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(run_root) -> list[analysis.RunRecords]:
-    return analysis.load_runs([run_root / "a-seed0", run_root / "b-bf16", run_root / "a-seed1",
-                               run_root / "a-seed2"])
+def runs(run_root) -> list[records.Run]:
+    return records.find_runs([run_root / "a-seed0", run_root / "b-bf16", run_root / "a-seed1", run_root / "a-seed2"])
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +98,9 @@ def figures(runs):
 
 # --- reading --------------------------------------------------------------------------------------------------
 
-def test_load_run_reads_the_contract(run_root):
-    run = analysis.load_run(run_root / "a-seed0")
-    for name, columns in analysis.CSV_COLUMNS.items():
+def test_run_reads_the_contract(run_root):
+    run = records.Run.read(run_root / "a-seed0")
+    for name, columns in records.CSV_COLUMNS.items():
         frame = getattr(run, name.removesuffix(".csv"))
         assert list(frame.columns) == list(columns)
         assert pd.read_csv(run_root / "a-seed0" / name).equals(frame)
@@ -109,21 +108,32 @@ def test_load_run_reads_the_contract(run_root):
     assert analysis.run_label(run) == "distilbert-base-uncased, fp32, batch 32, cpu"
 
 
-def test_load_runs_expands_globs_keeps_finished_runs_once(run_root):
-    runs = analysis.load_runs([str(run_root / "a-*"), run_root / "a-seed1", str(run_root / "*")])
+def test_find_runs_expands_globs_keeps_finished_runs_once(run_root):
+    runs = records.find_runs([str(run_root / "a-*"), run_root / "a-seed1", str(run_root / "*")])
     assert [r.folder.name for r in runs] == ["a-seed0", "a-seed1", "a-seed2", "b-bf16"]
     with pytest.raises(KitError, match="matches no finished run folder"):
-        analysis.load_runs(str(run_root / "c-*"))
+        records.find_runs([str(run_root / "c-*")])
+
+
+def test_find_runs_says_where_a_relative_pattern_looked(run_root):
+    assert [r.folder for r in records.find_runs(["b-*"], base=run_root)] == [run_root / "b-bf16"]
+    with pytest.raises(KitError, match=f"c-\\*: matches no finished run folder .* under {run_root.resolve()}$"):
+        records.find_runs(["c-*"], base=run_root)
+    with pytest.raises(KitError, match="no runs given"):
+        records.find_runs([])
+    with pytest.raises(TypeError, match="a list"):
+        records.find_runs(str(run_root / "*"))
 
 
 def test_unfinished_run_is_named(run_root):
     with pytest.raises(KitError, match=r"summary.json: file not found; the run is unfinished"):
-        analysis.load_run(run_root / "c-unfinished")
+        records.Run.read(run_root / "c-unfinished")
 
 
-def test_load_runs_takes_what_finetune_returns(run_root):
-    [run] = analysis.load_runs(records.Run(run_root / "b-bf16"))
+def test_tables_take_what_finetune_returns(run_root):
+    run = records.Run(run_root / "b-bf16")  # as finetune returns it: each file read on first use
     assert run.config["precision"] == "bf16"
+    assert analysis.comparison_table([run], published=False).run.tolist() == [str(run_root / "b-bf16")]
 
 
 def test_labels_tell_repeated_configurations_apart(runs):
@@ -138,7 +148,7 @@ def test_missing_file_is_named(tmp_path, name):
     folder = write_run(tmp_path / "run")
     (folder / name).unlink()
     with pytest.raises(KitError, match=name) as e:
-        analysis.load_run(folder)
+        records.Run.read(folder)
     assert "\n" not in str(e.value)
 
 
@@ -156,7 +166,7 @@ def test_malformed_file_is_named(tmp_path, name, text, match):
     folder = write_run(tmp_path / "run")
     (folder / name).write_text(text)
     with pytest.raises(KitError, match=match) as e:
-        analysis.load_run(folder)
+        records.Run.read(folder)
     assert str(folder / name) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -166,7 +176,7 @@ def test_comparison_table_holds_summary_values_and_published_rows(runs):
     table = analysis.comparison_table(runs)
     measured = table[table.source == "measured"]
     assert len(measured) == len(runs)
-    for (_, row), run in zip(measured.iterrows(), runs):
+    for (_, row), run in zip(measured.iterrows(), runs, strict=True):
         for column, key in analysis.SUMMARY_COLUMNS.items():
             expected = run.summary[key]
             assert row[column] == expected or (expected is None and pd.isna(row[column])), column
@@ -195,13 +205,13 @@ def test_seed_groups_mean_std_and_count(runs):
     assert groups.loc["0", "runs"] == 1 and np.isnan(groups.loc["0", "final_acc_std"])
 
 
-def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs):
-    run = runs[0]
+def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs, tmp_path):
     predictions = pd.DataFrame({"idx": [0, 1, 2, 3, 4], "sentence": ["a", "b", "c", "d", "e"],
                                 "label": [1, 0, 1, 0, 1], "pred": [0, 1, 1, 0, 0],
                                 "prob_pos": [0.3, 0.95, 0.99, 0.01, 0.1]})
-    fake = analysis.RunRecords(**{**run.__dict__, "predictions": predictions})
-    top = analysis.confidently_wrong(fake, k=2)
+    predictions.to_csv(write_run(tmp_path / "fake") / "predictions.csv", index=False)
+    fake = records.Run.read(tmp_path / "fake")
+    top = analysis.confidently_wrong([fake], k=2)
     assert top.idx.tolist() == [1, 4]  # 0.95 for positive, then 0.9 for negative; the right ones never appear
     assert top.confidence.tolist() == pytest.approx([0.95, 0.9])
     assert len(analysis.confidently_wrong(runs, k=3)) == 3 * len(runs)
@@ -243,10 +253,12 @@ def test_accuracy_figure_has_one_line_per_run(figures, runs):
         assert named == analysis.run_labels(runs)
 
 
-def test_accuracy_figure_without_target(runs):
+def test_accuracy_figure_without_target(runs, tmp_path):
     run = runs[0]
-    untargeted = analysis.RunRecords(**{**run.__dict__, "config": {**run.config, "target_acc": None}})
-    fig = plots.accuracy_figure(untargeted)
+    folder = write_run(tmp_path / "untargeted")
+    (folder / "config.json").write_text(json.dumps({**run.config, "target_acc": None}))
+    untargeted = records.Run.read(folder)
+    fig = plots.accuracy_figure([untargeted])
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [analysis.run_label(run)]
 
 
@@ -265,7 +277,7 @@ def test_token_length_histogram():
 
 
 def test_report_writes_every_figure_and_table(run_root, tmp_path):
-    written = analysis.report([str(run_root / "*")], tmp_path / "out")
+    written = analysis.report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} == set(written) == \
         {f"{stem}.png" for stem in FIGURES} | {f"{stem}.csv" for stem in TABLES}
     for stem in FIGURES:
