@@ -7,7 +7,6 @@ time" (by ``fast`` and the device); the run's ``config.json`` records the resolv
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,7 @@ def _p(default, help: str):
 
 @dataclass
 class RunConfig:
-    model: str | None = _p(None, "hub id or local folder; default distilbert-base-uncased, or <data_dir>/model "
-                                 "when data_dir is a FlagPerf data folder that has one")
+    model: str | None = _p(None, "hub id or folder; default <data_dir>/model if any, else distilbert-base-uncased")
     data_dir: str = _p("", "npz folder (FlagPerf layout) or GLUE TSV folder; empty: the hub")
     output_dir: str = _p("", "run folder; empty: runs/<timestamp>")
     epochs: int = _p(10, "maximum epochs (FlagPerf: 10)")
@@ -37,8 +35,7 @@ class RunConfig:
     gradient_accumulation_steps: int = _p(1, "micro-batches per optimizer step")
     target_acc: float | None = _p(0.91, "stop once dev accuracy reaches this; null: never stop early")
     seed: int = _p(0, "seed for initialisation, data order and dropout")
-    precision: str | None = _p(None, "fp32, tf32, bf16 or fp16 (fp16 with a grad scaler); default fp32; when fast, "
-                                     "bf16 where native (GPUs, AVX512-BF16/AMX CPUs), fp16 on older GPUs")
+    precision: str | None = _p(None, "fp32, tf32, bf16 or fp16; default fp32, or if fast bf16/fp16 where native")
     device: str = _p("auto", "auto, cpu, cuda or cuda:N")
     max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
     num_workers: int = _p(0, "DataLoader worker processes")
@@ -47,15 +44,14 @@ class RunConfig:
     checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
-    fast: bool = _p(False, "the fast path: bucketed batches, pad to 8, fused AdamW, bf16 where native, CUDA graphs "
-                           "on a bf16 GPU")
+    fast: bool = _p(False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where "
+                           "they apply")
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
-    compile: bool = _p(False, "torch.compile the model (compile time reported apart); off by default: on an H100 it "
-                              "gave +6% samples/s for about a minute of compiling")
-    cuda_graphs: bool | None = _p(None, "each training step (forward, backward, AdamW) one CUDA graph per batch shape; "
-                                        "one GPU process, no accumulation or workers, not fp16; default: fast on a GPU")
+    compile: bool = _p(False, "torch.compile the model (timed as compile_time); off by default: slow to compile, "
+                              "small gain")
+    cuda_graphs: bool | None = _p(None, "each step one CUDA graph per batch shape; default: fast where graphs fit")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -66,7 +62,19 @@ class RunConfig:
         return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "parameters") -> "RunConfig":
+    def parameter_lines(cls) -> list[str]:
+        """The finetune notebook's parameters cell, one ``name: type = default  # help`` line per field. Optional
+        fields carry ``# type: Optional[X]`` instead: papermill (2.7) skips ``X | None`` annotations when it lists
+        a notebook's parameters, and ``Optional[X]`` would need an import the cell cannot have."""
+        hints, lines = typing.get_type_hints(cls), []
+        for f in dataclasses.fields(cls):
+            (base, optional), help = _base_type(hints[f.name]), f.metadata["help"]
+            lines.append(f"{f.name} = {f.default!r}  # type: Optional[{base.__name__}]  {help}" if optional else
+                         f"{f.name}: {base.__name__} = {f.default!r}  # {help}")
+        return lines
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "parameters") -> RunConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise KitError(f"{source}: unknown parameter {unknown[0]!r}; known: {', '.join(cls.field_names())}")
@@ -77,10 +85,10 @@ class RunConfig:
         return config
 
     @classmethod
-    def from_yaml(cls, path) -> "RunConfig":
+    def from_yaml(cls, path) -> RunConfig:
         return cls.from_dict(read_yaml(path), source=str(path))
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return type(self).from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict:
@@ -99,11 +107,20 @@ class RunConfig:
         need(self.precision is None or self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and
              self.device[5:].isdigit(), "device", "auto, cpu, cuda or cuda:N")
-        need(self.max_train_samples is None or self.max_train_samples > 0, "max_train_samples", "a whole number > 0 or null")
+        need(self.max_train_samples is None or self.max_train_samples > 0, "max_train_samples",
+             "a whole number > 0 or null")
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
-        need(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0")
+        need(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of",
+             "a whole number > 0")
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    """``(X, optional)`` for a field's type ``X`` or ``X | None``."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    return (next(a for a in args if a is not type(None)) if optional else hint), optional
 
 
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
@@ -111,9 +128,7 @@ _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", 
 
 def _coerce(name: str, value, hint):
     """``value`` checked against ``hint`` (int, float, bool, str, or X | None); ints are accepted as floats."""
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else ()
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint)
+    base, optional = _base_type(hint)
     if value is None and optional:
         return None
     ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or \
