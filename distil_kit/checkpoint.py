@@ -66,8 +66,8 @@ def host_copy(obj):
 class BackgroundWriter:
     """Writes checkpoints on a thread of their own: training goes on while one reaches the disk.
 
-    A DistilBERT checkpoint is 0.8 GB (weights and AdamW moments); written in the loop, it added about 1.5 s to each
-    epoch of a 10-epoch fast run on an H100 (8 s epochs). ``save`` waits for the previous write, takes a host
+    A DistilBERT checkpoint is 0.8 GB (weights and AdamW moments): written inside the loop, it would cost a fast
+    run a sizeable share of each epoch. ``save`` waits for the previous write, takes a host
     snapshot of the state and starts writing it; ``wait`` returns once the last checkpoint is on disk and raises the
     error a write met.
     """

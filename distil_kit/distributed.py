@@ -81,7 +81,7 @@ def on_main(world: World, work) -> None:
 def joined_world(use_cuda: bool) -> Iterator[World]:
     """``init_world`` for the length of a ``with`` block, then leave the process group. On success every rank first
     waits for the others: a rank tearing its gloo connections down while another still works can abort in teardown
-    ("terminate called without an active exception", seen once in CI). A failing rank does not wait, since the ranks
+    ("terminate called without an active exception"). A failing rank does not wait, since the ranks
     it would wait for may never come."""
     world = init_world(use_cuda)
     try:

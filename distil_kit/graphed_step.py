@@ -16,10 +16,9 @@ activations live in one memory pool shared by all graphs, which replay in any or
 for replays in capture order): this is safe because every replay is complete in itself (nothing it leaves in the
 pool is read after the next replay starts; the loss is copied out at once; the gradients are let go after capture).
 
-The whole run (``GraphedSteps.running``) is on a stream of its own, never on the default (legacy) stream: on an
-H100 with torch 2.11 every capture failed in backward ("operation would make the legacy stream depend on a
-capturing blocking stream"), with or without the pre-training evaluation, the state restore or the RNG restore, and
-passed once the run moved to its own stream.
+The whole run (``GraphedStep.running``) is on a stream of its own, never on the default (legacy) stream: a capture
+whose backward touches the legacy stream fails ("operation would make the legacy stream depend on a capturing
+blocking stream").
 
 When graphs apply is ``graphs_fit``, beside the step it guards; ``resolve.resolve_config`` asks it.
 """
@@ -34,8 +33,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 INPUTS = ("input_ids", "attention_mask", "labels", "weight")
 WARMUP_STEPS = 2
-# The attention kernels the graphed steps were measured and tested with (dropout included); cuDNN's, which torch
-# picks first for bf16 on an H100, was left out while captures were failing and has not been tried in a graph since.
+# The attention kernels the graphed steps are tested with (dropout included). cuDNN's, which torch picks first for
+# bf16 on recent GPUs, is not among them: it is untested inside a graph.
 CAPTURABLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -69,11 +68,15 @@ def capturable_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
-class GraphedSteps:
-    """``step(batch)`` trains one batch (forward, loss, backward, optimizer step) by replaying its shape's graph.
+class GraphedStep:
+    """``step([batch])`` trains one batch (forward, loss, backward, optimizer step) by replaying its shape's graph:
+    the contract of ``step.EagerStep`` for one micro-batch per step. A new shape is captured first.
 
-    ``loss_fn(input_ids, attention_mask, labels, weight)`` returns the batch's loss (forward under autocast).
+    ``loss_fn(input_ids, attention_mask, labels, weight)`` returns the batch's loss (forward under autocast). Made
+    after the scheduler (see ``capturable_lr``).
     """
+
+    scaler = None  # graphs_fit: never fp16
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, device: torch.device):
@@ -81,6 +84,11 @@ class GraphedSteps:
         self.graphs: dict[tuple, _Captured] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(device)
+        capturable_lr(optimizer, device)
+
+    def optimizer_loaded(self) -> None:
+        """Loading a checkpoint put back plain numbers where the graphs read device tensors."""
+        capturable_lr(self.optimizer, self.device)
 
     @contextmanager
     def running(self):
@@ -93,8 +101,9 @@ class GraphedSteps:
         finally:
             caller.wait_stream(self.stream)
 
-    def step(self, batch) -> torch.Tensor:
-        """The batch's loss (a fresh tensor); the weights are updated. A new shape is captured first."""
+    def __call__(self, micro_batches) -> list[torch.Tensor]:
+        """The batch's loss (a fresh tensor); the weights are updated."""
+        (batch,) = micro_batches  # graphs_fit: no gradient accumulation
         key = tuple(batch.input_ids.shape)
         if key not in self.graphs:
             self.graphs[key] = self._capture(batch)
@@ -102,7 +111,7 @@ class GraphedSteps:
         for name in INPUTS:
             captured.inputs[name].copy_(getattr(batch, name), non_blocking=True)
         captured.graph.replay()
-        return captured.loss.clone()
+        return [captured.loss.clone()]
 
     def _train_step(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with sdpa_kernel(CAPTURABLE_ATTENTION):

@@ -1,4 +1,4 @@
-"""Issue 5: bad input to a fine-tuning run (and preprocessing) fails with one line naming the file or parameter.
+"""Bad input to a fine-tuning run (and preprocessing) fails with one line naming the file or parameter.
 
 Each case builds its bad input under ``tmp_path``, then the test snapshots the tree, runs the call and checks:
 a ``KitError`` whose message is one line holding the expected pieces, and (where the error comes before any work)

@@ -1,4 +1,4 @@
-"""Issue 7: the engine under DDP (gloo on CPU, two or three torchrun processes on one machine).
+"""The engine under DDP (gloo on CPU, two or three torchrun processes on one machine).
 
 This file is also the harness torchrun starts (``python tests/test_distributed.py MODE OUT CONFIG_JSON``, see the
 bottom): it runs the real engine with a few hooks that record, per rank, the training rows each micro-batch held,
@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,12 @@ import torch
 
 from distil_kit import distributed, engine
 from distil_kit.batching import EpochBatches, eval_batches
+from distil_kit.callbacks import Callback
 from distil_kit.config import RunConfig
 from distil_kit.errors import KitError
+from distil_kit.evaluate import evaluate
+from distil_kit.inputs import load_splits
+from distil_kit.modeling import load_classifier, load_tokenizer
 from distil_kit.records import Run
 from distil_kit.resolve import resolve_config
 
@@ -261,10 +264,11 @@ def _evaluate(config: dict, world: distributed.World) -> tuple[float, dict]:
     """The engine's evaluation of ``config``'s model on the whole dev split, as every rank sees it."""
     device = torch.device("cpu")
     cfg = resolve_config(RunConfig.from_dict(config), device)
-    runner = engine._Engine(cfg, world, device, time.perf_counter())
-    acc = runner.evaluate()
-    frame = runner.predictions[["idx", "pred", "prob_pos"]] if world.main else None
-    return acc, frame.to_dict("list") if frame is not None else {}
+    splits = load_splits(cfg, load_tokenizer(cfg.model))
+    result = evaluate(load_classifier(cfg.model), splits["dev"], batch_size=cfg.eval_batch_size, device=device,
+                      world=world)
+    frame = result.predictions[["idx", "pred", "prob_pos"]] if world.main else None
+    return result.accuracy, frame.to_dict("list") if frame is not None else {}
 
 
 def _harness_eval(out: Path, config: dict) -> None:
@@ -291,13 +295,14 @@ def _harness_train(out: Path, config: dict) -> None:
     checkpoint.write_atomic = recording(checkpoint.write_atomic)
     engine.replace_dir = recording(engine.replace_dir)
 
-    micro_step = engine._Engine._micro_step
+    batches = EpochBatches.__iter__
 
-    def recording_micro_step(self, batch, group_size, sync_grads):
-        seen.append((self.epoch, batch.idx[batch.weight > 0].tolist()))
-        micro_step(self, batch, group_size, sync_grads)
+    def recording_batches(self):  # the rows of each micro-batch this rank trains, as the sampler hands them out
+        for keys in batches(self):
+            seen.append((self.epoch, [row for row, weight in keys if weight > 0]))
+            yield keys
 
-    engine._Engine._micro_step = recording_micro_step
+    EpochBatches.__iter__ = recording_batches
 
     ddp_no_sync = torch.nn.parallel.DistributedDataParallel.no_sync
 
@@ -307,15 +312,11 @@ def _harness_train(out: Path, config: dict) -> None:
 
     torch.nn.parallel.DistributedDataParallel.no_sync = counting_no_sync
 
-    save_final = engine._Engine.save_final
+    class SaveWeights(Callback):
+        def on_run_end(self, trainer, summary):
+            torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
 
-    def saving_weights(self):
-        save_final(self)
-        torch.save(self.model.state_dict(), out / f"rank{rank}.pt")
-
-    engine._Engine.save_final = saving_weights
-
-    engine.finetune(config)
+    engine.finetune(config, callbacks=[SaveWeights()])
     (out / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "writes": writes, "no_sync": no_sync[0]}))
 
 

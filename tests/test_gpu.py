@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from distil_kit import RunConfig, engine, finetune
+from distil_kit.callbacks import Callback
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")]
@@ -45,20 +46,17 @@ def test_graphed_steps_train_exactly_like_eager_steps(tiny_model, sst2_dir, tmp_
     assert graphed.evals.accuracy.tolist() == eager.evals.accuracy.tolist()
 
 
-def test_graphed_run_resumes_like_the_uninterrupted_run(tiny_model, sst2_dir, tmp_path, monkeypatch):
+def test_graphed_run_resumes_like_the_uninterrupted_run(tiny_model, sst2_dir, tmp_path):
     common = dict(max_train_samples=500, train_batch_size=16, log_every=1, checkpoint_every=5, fast=True, epochs=2)
     reference = finetune(_config(tiny_model, sst2_dir, tmp_path / "ref", **common))
-    step = engine._Engine._optimizer_step
 
-    def step_then_signal(self):
-        step(self)
-        if self.step == 40:  # mid second epoch
-            signal.raise_signal(signal.SIGINT)
+    class SignalAfterStep40(Callback):  # mid second epoch: SIGINT arrives during step 41
+        def on_log(self, trainer, row):
+            if row["step"] == 40:
+                signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(engine._Engine, "_optimizer_step", step_then_signal)
-    with pytest.raises(engine.RunInterrupted):
-        finetune(_config(tiny_model, sst2_dir, tmp_path / "run", **common))
-    monkeypatch.setattr(engine._Engine, "_optimizer_step", step)
+    with pytest.raises(engine.RunInterrupted, match="stopped after step 41 "):
+        finetune(_config(tiny_model, sst2_dir, tmp_path / "run", **common), callbacks=[SignalAfterStep40()])
     resumed = finetune(_config(tiny_model, sst2_dir, tmp_path / "run", resume=True, **common))
     assert resumed.steps.loss.tolist() == pytest.approx(reference.steps.loss.tolist(), rel=1e-3)
     assert resumed.steps.lr.tolist() == pytest.approx(reference.steps.lr.tolist(), rel=1e-6)

@@ -1,4 +1,4 @@
-"""Issue 5: checkpoints, resuming, clean stops on SIGINT/SIGTERM, and a killed run continued exactly.
+"""Checkpoints, resuming, clean stops on SIGINT/SIGTERM, and a killed run continued exactly.
 
 Every run here is the tiny random DistilBERT (with its dropout: the RNG states must come back too) on the first
 300 SST-2 rows, batch 4: 75 optimizer steps an epoch, 2 epochs, a checkpoint every 5 steps and a steps.csv row
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from distil_kit import checkpoint, engine
+from distil_kit.callbacks import Callback
 from distil_kit.errors import KitError
 from distil_kit.records import Run
 
@@ -130,21 +131,24 @@ def test_sigterm_checkpoints_and_exits_130_naming_resume(run_config, reference, 
 STOP_AT = 13  # checkpoints at steps 5 and 10, then the SIGINT one at 13: steps 10 and 13 are kept
 
 
-@pytest.fixture(scope="module")
-def stopped(run_config, tmp_path_factory) -> Path:
-    """A run that received SIGINT (Ctrl-C) during step STOP_AT (sent by itself, so the step is exact)."""
-    out = tmp_path_factory.mktemp("stopped") / "run"
-    step = engine._Engine._optimizer_step
+class SignalAtStep(Callback):
+    """Sends the run SIGINT itself once ``step`` has been logged: the signal arrives during the next step, as a
+    Ctrl-C would, and that step is exact."""
 
-    def step_then_signal(self):
-        step(self)
-        if self.step == STOP_AT:
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_log(self, trainer, row):
+        if row["step"] == self.step:
             signal.raise_signal(signal.SIGINT)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine._Engine, "_optimizer_step", step_then_signal)
-        with pytest.raises(engine.RunInterrupted, match=f"SIGINT received: stopped after step {STOP_AT} "):
-            engine.finetune(run_config, output_dir=str(out))
+
+@pytest.fixture(scope="module")
+def stopped(run_config, tmp_path_factory) -> Path:
+    """A run that received SIGINT (Ctrl-C) during step STOP_AT."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(engine.RunInterrupted, match=f"SIGINT received: stopped after step {STOP_AT} "):
+        engine.finetune(run_config, output_dir=str(out), callbacks=[SignalAtStep(STOP_AT - 1)])
     return out
 
 

@@ -1,0 +1,59 @@
+"""Dev accuracy and predictions: the model and the dev split in, the correct count and predictions out. Under
+torchrun each rank scores its share of the rows (each row exactly once) and the counts are summed."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from . import distributed
+from .batching import SplitDataset, TrimCollate, eval_batches
+from .data import Split
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    correct: int
+    total: int
+    predictions: pd.DataFrame | None  # one row per dev sentence, in dev order; on rank 0 only
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, dev: Split, *, batch_size: int, device: torch.device,
+             world: distributed.World | None = None, amp=nullcontext, pad_to_multiple_of: int = 1) -> Evaluation:
+    """Score every dev row once; ``amp`` makes the autocast context the run trains in."""
+    world = world or distributed.World()
+    dataset, collate = SplitDataset(dev), TrimCollate(pad_to_multiple_of)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    idx, pred, prob = [], [], []
+    for rows in eval_batches(dev.lengths, batch_size, world.rank, world.size):
+        batch = collate([dataset[r] for r in rows])
+        with amp():
+            logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        y = logits.argmax(dim=-1)
+        correct += (y.cpu() == batch.labels).sum().to(device)
+        idx.append(batch.idx)
+        pred.append(y.cpu())
+        prob.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
+    model.train(was_training)
+    correct = int(distributed.all_reduce_sum(correct, world).item())
+    local = (torch.cat(idx).tolist(), torch.cat(pred).tolist(), torch.cat(prob).tolist()) if idx else ([], [], [])
+    parts = distributed.gather_objects(local, world)
+    return Evaluation(correct, len(dev), _predictions(dev, parts) if world.main else None)
+
+
+def _predictions(dev: Split, parts: list[tuple[list, list, list]]) -> pd.DataFrame:
+    """Every rank's (row, pred, prob_pos) lists as one frame in dev order."""
+    frame = pd.DataFrame({"row": sum((p[0] for p in parts), []), "pred": sum((p[1] for p in parts), []),
+                          "prob_pos": sum((p[2] for p in parts), [])}).sort_values("row")
+    rows = frame["row"].to_numpy()
+    return pd.DataFrame({"idx": dev.idx[rows], "sentence": dev.sentence[rows], "label": dev.label[rows],
+                         "pred": frame["pred"].to_numpy(), "prob_pos": frame["prob_pos"].round(6).to_numpy()})

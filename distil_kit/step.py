@@ -1,0 +1,79 @@
+"""One optimizer step behind one call: ``step(micro_batches)`` trains one optimizer step's micro-batches and
+performs exactly that update, returning each micro-batch's loss (left on the device: reading it is a host sync).
+
+``EagerStep`` runs forward and backward per micro-batch (the loss scaled by the group size; under DDP gradients
+are synchronised on the last micro-batch only), then the optimizer step, with the fp16 grad scaler where one is
+used. ``graphed_step.GraphedStep`` keeps the same contract with the whole step replayed as one CUDA graph.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from .batching import Batch
+from .graphed_step import INPUTS, GraphedStep
+
+
+def autocast(device: torch.device, precision: str, cuda_graphs: bool = False):
+    """bf16/fp16 autocast where the run computes in it; nothing in fp32 and tf32."""
+    if precision not in ("bf16", "fp16"):
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    # The autocast cache of bf16 weights must not outlive a CUDA graph capture.
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=not cuda_graphs)
+
+
+def batch_loss(model, amp, input_ids, attention_mask, labels, weight) -> torch.Tensor:
+    """The batch's loss: rows weighted (each rank's share of the global batch; 0 for filler rows) and summed."""
+    with amp():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
+
+
+class EagerStep:
+    """``model`` is the model as trained (wrapped in DDP or torch.compile where the run uses them)."""
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, device: torch.device, amp,
+                 scaler: torch.amp.GradScaler | None = None, distributed: bool = False):
+        self.model, self.optimizer, self.device, self.scaler = model, optimizer, device, scaler
+        self.loss = partial(batch_loss, model, amp)
+        self.distributed = distributed
+
+    def running(self):
+        return nullcontext()
+
+    def optimizer_loaded(self) -> None:
+        """Nothing to redo after a checkpoint is loaded (see ``GraphedStep.optimizer_loaded``)."""
+
+    def __call__(self, micro_batches: list[Batch]) -> list[torch.Tensor]:
+        losses = []
+        for i, batch in enumerate(micro_batches):
+            tensors = {name: getattr(batch, name).to(self.device, non_blocking=True) for name in INPUTS}
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients in backward: only the group's last backward needs it.
+            with self.model.no_sync() if self.distributed and not last else nullcontext():
+                loss = self.loss(**tensors)
+                scaled = loss / len(micro_batches)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(loss.detach())
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
+
+def make_step(train_model, model, optimizer, device: torch.device, precision: str, cuda_graphs: bool,
+              distributed: bool = False) -> EagerStep | GraphedStep:
+    """The run's step, made after the scheduler: graphed where ``cuda_graphs`` (see ``graphed_step.graphs_fit``),
+    eager otherwise. ``train_model`` runs forward (DDP, compiled); ``model`` holds the weights."""
+    amp = partial(autocast, device, precision, cuda_graphs)
+    if cuda_graphs:
+        return GraphedStep(partial(batch_loss, train_model, amp), model, optimizer, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return EagerStep(train_model, optimizer, device, amp, scaler, distributed)
