@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import hub
 from .errors import KitError
 
 SPLITS = ("train", "dev")
@@ -105,19 +105,9 @@ def load_sst2(source: str | os.PathLike | None = "hub", vocab_size: int | None =
 
 # --- the hub --------------------------------------------------------------------------------------------------
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_hub() -> dict[str, Split]:
     """SST-2 through ``datasets.load_dataset``; fails at once, naming the local options, when offline."""
-    if not _hub_reachable():
+    if not hub.reachable():
         raise KitError("the Hugging Face hub is out of reach; pass a GLUE TSV folder (train.tsv, dev.tsv) or a "
                        "FlagPerf data folder (dataset/*.npz) as the data source instead")
     import datasets  # imported here: the GPU machines and most runs never need it

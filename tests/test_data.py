@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from distil_kit import KitError, data
+from distil_kit import KitError, data, hub
 from distil_kit.batching import EpochBatches, SplitDataset, TrimCollate
 from distil_kit.modeling import file_sha256, load_tokenizer, vocab_sha256
 from distil_kit.preprocess import preprocess, read_metadata, tokenize
@@ -129,7 +129,7 @@ def test_hub_source_through_datasets(monkeypatch):
     fake = datasets.DatasetDict({
         "train": datasets.Dataset.from_dict({"idx": [0, 1], "sentence": ["good ", "bad "], "label": [1, 0]}),
         "validation": datasets.Dataset.from_dict({"idx": [0], "sentence": ["fine "], "label": [1]})})
-    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", lambda name: fake if name == data.HUB_DATASET else None)
     splits = data.load_sst2("hub")
     assert list(splits["train"].sentence) == ["good ", "bad "] and splits["dev"].label.tolist() == [1]
