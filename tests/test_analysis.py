@@ -309,9 +309,12 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
         [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")])
 
 
-def test_benchmark_figure_from_committed_results(tmp_path):
-    results = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("bench-*.csv"))
-    assert results, "benchmarks/results/ holds no benchmark CSV"
+BENCH_SAMPLES = sorted((ROOT / "tests" / "fixtures").glob("bench-sample-*.csv"))  # two real `bench.py --tiny` runs
+
+
+def test_benchmark_figure_from_a_benchmark_csv(tmp_path):
+    results = BENCH_SAMPLES
+    assert results, "tests/fixtures/ holds no benchmark CSV"
     figures = plots.benchmark_figures([results[0]])
     ax = next(iter(figures.values())).axes[0]
     assert len(ax.get_yticklabels()) == 4 and ax.get_xlabel()
@@ -321,7 +324,7 @@ def test_benchmark_figure_from_committed_results(tmp_path):
 
 
 def test_benchmark_figures_of_two_runs_on_one_machine_have_different_titles():
-    results = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("bench-cpu-*.csv"))
-    assert len(results) >= 2, "expected two committed CPU benchmark runs"
+    results = BENCH_SAMPLES
+    assert len(results) >= 2, "expected two benchmark CSVs of one machine in tests/fixtures/"
     titles = [fig.axes[0].get_title() for fig in plots.benchmark_figures(results[:2]).values()]
     assert titles[0] != titles[1]
