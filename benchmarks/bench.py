@@ -33,6 +33,7 @@ Examples:
   python benchmarks/bench.py --rows 512 --flagperf-rows 32 --threads 1   # CPU
   python benchmarks/bench.py --rows 16384 --flagperf-rows 2048      # GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,13 +74,20 @@ from measure import Contention, PeakMemory, environment, sync, trim_heap  # noqa
 from distil_kit.errors import KitError  # noqa: E402
 from distil_kit.resolve import resolve_config, resolve_device  # noqa: E402
 
-VARIANTS = {"a": "FlagPerf recipe (fp32, pad 512)", "b": "HF Trainer (dynamic padding)",
-            "c": "kit, FlagPerf settings", "d": "kit, fast"}
-TIMING = ("whole epoch per variant after an untimed process-wide warm-up; a/b timed here from first batch to last "
-          "optimizer step, c/d summary.json throughput(ips)_no_eval (eval and compile steps excluded)")
+VARIANTS = {
+    "a": "FlagPerf recipe (fp32, pad 512)",
+    "b": "HF Trainer (dynamic padding)",
+    "c": "kit, FlagPerf settings",
+    "d": "kit, fast",
+}
+TIMING = (
+    "whole epoch per variant after an untimed process-wide warm-up; a/b timed here from first batch to last "
+    "optimizer step, c/d summary.json throughput(ips)_no_eval (eval and compile steps excluded)"
+)
 
 
 # --- the model -------------------------------------------------------------------------------------------------
+
 
 def build_model(spec: str, tokenizer: str, tiny: bool, tmp: Path) -> str:
     """The model folder every variant loads: ``spec`` itself, or a random DistilBERT saved under ``tmp``
@@ -112,8 +120,11 @@ def warm_up(model_dir: str, device: torch.device, steps: int) -> None:
     for width in widths:
         for _ in range(steps):
             ids = torch.randint(1000, vocab, (BATCH, width), device=device)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                        labels=torch.zeros(BATCH, dtype=torch.long, device=device))
+            out = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                labels=torch.zeros(BATCH, dtype=torch.long, device=device),
+            )
             out.loss.backward()
             opt.step()
             opt.zero_grad()
@@ -122,6 +133,7 @@ def warm_up(model_dir: str, device: torch.device, steps: int) -> None:
 
 
 # --- a: FlagPerf's recipe --------------------------------------------------------------------------------------
+
 
 class _FlagPerfDataset(torch.utils.data.Dataset):
     """FlagPerf's DistilBertDataset: rows of the 512-padded npz arrays as a dict of numpy values."""
@@ -134,8 +146,12 @@ class _FlagPerfDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         s = self.split
-        return {"sentence": s.sentence[i], "label": s.label[i], "input_ids": s.input_ids[i],
-                "attention_mask": s.attention_mask[i]}
+        return {
+            "sentence": s.sentence[i],
+            "label": s.label[i],
+            "input_ids": s.input_ids[i],
+            "attention_mask": s.attention_mask[i],
+        }
 
 
 def _flagperf_collate(features):
@@ -159,8 +175,9 @@ def run_flagperf(ctx: Context, train) -> dict:
     generator.manual_seed(SEED)
     dataset = _FlagPerfDataset(split)
     sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=BATCH, collate_fn=_flagperf_collate,
-                                         drop_last=False, num_workers=0)
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=BATCH, collate_fn=_flagperf_collate, drop_last=False, num_workers=0
+    )
     with PeakMemory(device) as mem:
         model = load_model(ctx.model, device)
         # FlagPerf's optimizer and schedule are the kit's recipe: plain (not fused) AdamW on its two parameter
@@ -186,12 +203,23 @@ def run_flagperf(ctx: Context, train) -> dict:
         raise BenchError(f"variant a: loss became {losses[-1]}")
     del model, optimizer
     rows, tokens = len(split), int(split.lengths.sum())
-    return {"rows_timed": rows, "steps": steps, "precision": "fp32", "seconds": seconds,
-            "samples_per_s": rows / seconds, "real_tokens": tokens, "tokens_per_s": tokens / seconds,
-            "padded_tokens": rows * MAX_LEN, "peak_mem_gib": mem.gib, "mem_kind": mem.kind, "compile_s": 0.0}
+    return {
+        "rows_timed": rows,
+        "steps": steps,
+        "precision": "fp32",
+        "seconds": seconds,
+        "samples_per_s": rows / seconds,
+        "real_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "padded_tokens": rows * MAX_LEN,
+        "peak_mem_gib": mem.gib,
+        "mem_kind": mem.kind,
+        "compile_s": 0.0,
+    }
 
 
 # --- b: a plain Hugging Face Trainer script ----------------------------------------------------------------------
+
 
 class _Encoded(torch.utils.data.Dataset):
     def __init__(self, enc, labels):
@@ -201,8 +229,11 @@ class _Encoded(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {"input_ids": self.enc["input_ids"][i], "attention_mask": self.enc["attention_mask"][i],
-                "labels": int(self.labels[i])}
+        return {
+            "input_ids": self.enc["input_ids"][i],
+            "attention_mask": self.enc["attention_mask"][i],
+            "labels": int(self.labels[i]),
+        }
 
 
 def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
@@ -234,14 +265,32 @@ def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
         return batch
 
     args = TrainingArguments(
-        output_dir=str(ctx.tmp / "hf-trainer"), num_train_epochs=1, per_device_train_batch_size=BATCH,
-        learning_rate=LR, weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0, seed=SEED,
-        bf16=bf16, use_cpu=device.type == "cpu", eval_strategy="no", save_strategy="no", logging_strategy="no",
-        report_to="none", disable_tqdm=True)
+        output_dir=str(ctx.tmp / "hf-trainer"),
+        num_train_epochs=1,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        seed=SEED,
+        bf16=bf16,
+        use_cpu=device.type == "cpu",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     with PeakMemory(device) as mem:
         model = load_model(ctx.model, device)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator,
-                          processing_class=tokenizer, callbacks=[Clock()])
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=counting_collator,
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
         result = trainer.train()
     if Clock.t0 is None or Clock.t1 is None:
         raise BenchError("variant b: the Trainer never called the timing callback")
@@ -250,13 +299,23 @@ def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
     seconds = Clock.t1 - Clock.t0
     del trainer, model
     rows, tokens = len(train), int(sum(map(len, enc["input_ids"])))
-    return {"rows_timed": rows, "steps": result.global_step, "precision": "bf16" if bf16 else "fp32",
-            "seconds": seconds, "samples_per_s": rows / seconds, "real_tokens": tokens,
-            "tokens_per_s": tokens / seconds, "padded_tokens": Clock.padded, "peak_mem_gib": mem.gib,
-            "mem_kind": mem.kind, "compile_s": 0.0}
+    return {
+        "rows_timed": rows,
+        "steps": result.global_step,
+        "precision": "bf16" if bf16 else "fp32",
+        "seconds": seconds,
+        "samples_per_s": rows / seconds,
+        "real_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "padded_tokens": Clock.padded,
+        "peak_mem_gib": mem.gib,
+        "mem_kind": mem.kind,
+        "compile_s": 0.0,
+    }
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------------
+
 
 def benchmark(args) -> pd.DataFrame:
     device = resolve_device(args.device)
@@ -282,8 +341,11 @@ def benchmark(args) -> pd.DataFrame:
         model = build_model(args.model, tokenizer, args.tiny, tmp)
         ctx = Context(device, model, data_dir, tmp)
         env = environment(device)
-        print(f"{env['device_name']} | torch {env['torch']} | transformers {env['transformers']} | model "
-              f"{args.model}{' (tiny)' if args.tiny else ''} | rows {rows} (a: {flagperf_rows})", flush=True)
+        print(
+            f"{env['device_name']} | torch {env['torch']} | transformers {env['transformers']} | model "
+            f"{args.model}{' (tiny)' if args.tiny else ''} | rows {rows} (a: {flagperf_rows})",
+            flush=True,
+        )
         warm_up(model, device, args.warmup_steps)
         results = {}
         for v in variants:
@@ -300,10 +362,16 @@ def benchmark(args) -> pd.DataFrame:
             results[v]["others_cpu_share"] = share = contention.others_share()
             spare = 1 - min(torch.get_num_threads(), os.cpu_count() or 1) / (os.cpu_count() or 1)
             if cpu and share > spare + 0.1:  # they took cores this process's threads wanted
-                print(f"    warning: other processes used {share:.0%} of the CPUs during this variant: its timing "
-                      f"is slowed by them", flush=True)
-            print(f"    {results[v]['samples_per_s']:.2f} samples/s, {results[v]['tokens_per_s']:.0f} tokens/s "
-                  f"({results[v]['wall_s']:.0f} s wall)", flush=True)
+                print(
+                    f"    warning: other processes used {share:.0%} of the CPUs during this variant: its timing "
+                    f"is slowed by them",
+                    flush=True,
+                )
+            print(
+                f"    {results[v]['samples_per_s']:.2f} samples/s, {results[v]['tokens_per_s']:.0f} tokens/s "
+                f"({results[v]['wall_s']:.0f} s wall)",
+                flush=True,
+            )
             trim_heap()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -311,42 +379,73 @@ def benchmark(args) -> pd.DataFrame:
     frame = pd.DataFrame([{"variant": v, "label": labels[v], **r} for v, r in results.items()])
     for ref, col in (("a", "x_vs_flagperf"), ("b", "x_vs_hf_trainer")):
         frame[col] = frame["samples_per_s"] / results[ref]["samples_per_s"] if ref in results else float("nan")
-    frame["tokens_x_vs_flagperf"] = (frame["tokens_per_s"] / results["a"]["tokens_per_s"]
-                                     if "a" in results else float("nan"))
+    frame["tokens_x_vs_flagperf"] = (
+        frame["tokens_per_s"] / results["a"]["tokens_per_s"] if "a" in results else float("nan")
+    )
     model_name = "random-distilbert-tiny" if args.model == "random-distilbert" and args.tiny else args.model
     lead_columns(frame, {**env, "rows": rows, "flagperf_rows": flagperf_rows, "model": model_name, "timing": TIMING})
     return frame
 
 
 def print_table(frame: pd.DataFrame) -> None:
-    cols = ["variant", "label", "precision", "rows_timed", "steps", "seconds", "samples_per_s", "tokens_per_s",
-            "peak_mem_gib", "compile_s", "x_vs_flagperf", "x_vs_hf_trainer"]
+    cols = [
+        "variant",
+        "label",
+        "precision",
+        "rows_timed",
+        "steps",
+        "seconds",
+        "samples_per_s",
+        "tokens_per_s",
+        "peak_mem_gib",
+        "compile_s",
+        "x_vs_flagperf",
+        "x_vs_hf_trainer",
+    ]
     first = frame.iloc[0]
-    print(f"\n{first['device_name']} | torch {first['torch']} | transformers {first['transformers']} | "
-          f"{first['date']}\nmodel {first['model']} | rows {first['rows']} (variant a: {first['flagperf_rows']})")
+    print(
+        f"\n{first['device_name']} | torch {first['torch']} | transformers {first['transformers']} | "
+        f"{first['date']}\nmodel {first['model']} | rows {first['rows']} (variant a: {first['flagperf_rows']})"
+    )
     print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"memory: {first['mem_kind']}; timing: {first['timing']}")
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--rows", type=int, default=None,
-                   help="first N training rows (default: 8192 on GPU, 512 on CPU, 32 with --tiny)")
-    p.add_argument("--flagperf-rows", type=int, default=None,
-                   help="rows for variant a (default: --rows on GPU, min(rows, 64) on CPU)")
-    p.add_argument("--model", default="random-distilbert",
-                   help="random-distilbert (a random-initialized DistilBERT-base built with --tokenizer) or a "
-                        "model folder")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged MiniLM's, which is "
-                                                     "distilbert-base-uncased's vocabulary)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="first N training rows (default: 8192 on GPU, 512 on CPU, 32 with --tiny)",
+    )
+    p.add_argument(
+        "--flagperf-rows",
+        type=int,
+        default=None,
+        help="rows for variant a (default: --rows on GPU, min(rows, 64) on CPU)",
+    )
+    p.add_argument(
+        "--model",
+        default="random-distilbert",
+        help="random-distilbert (a random-initialized DistilBERT-base built with --tokenizer) or a model folder",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer folder (default: the packaged MiniLM's, which is distilbert-base-uncased's vocabulary)",
+    )
     p.add_argument("--variants", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     add_run_options(p, dev_rows_default="all 872; 32 with --tiny")
     p.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: seconds, for CI")
-    p.add_argument("--warmup-steps", type=int, default=3, help="untimed warm-up steps per width before the "
-                                                               "variants (0: none)")
+    p.add_argument(
+        "--warmup-steps", type=int, default=3, help="untimed warm-up steps per width before the variants (0: none)"
+    )
     args = p.parse_args(argv)
     check_positive(p, args, ("rows", "flagperf_rows", "dev_rows", "threads"))
     return args

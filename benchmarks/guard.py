@@ -14,6 +14,7 @@ Examples:
   python benchmarks/guard.py --seeds 0,1,2                        # full SST-2, MiniLM, three seeds
   python benchmarks/guard.py --rows 4000 --fast-set bucket_batches=false
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,20 +58,31 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
         data_dir, train = common.write_slice(Path(args.data), args.rows, args.dev_rows, tmp / "data")
         ctx = common.Context(device, model, data_dir, tmp)
         env = environment(device)
-        print(f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seeds {args.seeds}",
-              flush=True)
+        print(
+            f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seeds {args.seeds}",
+            flush=True,
+        )
         rows, acc = [], {}
         for seed in args.seeds:
             for name, fast in (("plain", False), ("fast", True)):
                 extra = fast_set if fast else {}
                 r = common.run_kit(ctx, fast=fast, rows=len(train), name=name, seed=seed, **extra)
                 acc[seed, name] = r["dev_acc"]
-                rows.append({"seed": seed, "mode": name + (common.fast_label(fast_set) if fast else ""),
-                             "dev_acc": r["dev_acc"], "precision": r["precision"],
-                             "samples_per_s": r["samples_per_s"], "seconds": r["seconds"],
-                             "compile_s": r["compile_s"]})
-                print(f"    seed {seed} {name}: dev acc {r['dev_acc']:.4f}, {r['samples_per_s']:.1f} samples/s",
-                      flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "mode": name + (common.fast_label(fast_set) if fast else ""),
+                        "dev_acc": r["dev_acc"],
+                        "precision": r["precision"],
+                        "samples_per_s": r["samples_per_s"],
+                        "seconds": r["seconds"],
+                        "compile_s": r["compile_s"],
+                    }
+                )
+                print(
+                    f"    seed {seed} {name}: dev acc {r['dev_acc']:.4f}, {r['samples_per_s']:.1f} samples/s",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     frame = pd.DataFrame(rows)
@@ -87,6 +99,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
 
 # --- CLI ----------------------------------------------------------------------------------------------------------
 
+
 def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",")]
@@ -98,10 +111,15 @@ def seed_list(text: str) -> list[int]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--seeds", type=seed_list, default=[common.SEED],
-                   help="comma-separated seeds, one plain and one fast run each (default: 0)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[common.SEED],
+        help="comma-separated seeds, one plain and one fast run each (default: 0)",
+    )
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed |mean difference| in points (default: 0.5)")
     p.add_argument("--model", default=None, help="model folder (default: the packaged pretrained all-MiniLM-L6-v2)")
     p.add_argument("--rows", type=int, default=None, help="first N training rows (default: all 67,349)")
@@ -122,8 +140,10 @@ def main(argv=None) -> int:
     print(frame[["seed", "mode", "precision", "dev_acc", "samples_per_s", "seconds"]].to_string(index=False))
     diff, sem = frame["mean_diff_points"].iloc[0], frame["sem_diff_points"].iloc[0]
     spread = f" +- {sem:.2f} (standard error)" if pd.notna(sem) else ""
-    print(f"fast - plain, mean over seeds {args.seeds}: {diff:+.2f}{spread} points (tolerance "
-          f"{args.tolerance}): {'PASS' if ok else 'FAIL'}\n{path}")
+    print(
+        f"fast - plain, mean over seeds {args.seeds}: {diff:+.2f}{spread} points (tolerance "
+        f"{args.tolerance}): {'PASS' if ok else 'FAIL'}\n{path}"
+    )
     return 0 if ok else 1
 
 

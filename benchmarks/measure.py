@@ -1,5 +1,6 @@
 """What the benchmarks measure besides time: the machine's name, peak memory, and how busy other processes kept the
 CPUs. Memory and CPU times come from psutil, except the kernel's peak-RSS mark, which psutil does not expose."""
+
 from __future__ import annotations
 
 import ctypes
@@ -42,9 +43,15 @@ def environment(device: torch.device) -> dict:
     """The machine and library versions, as the leading columns of every CSV."""
     import transformers
 
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_slug(device),
-            "device_name": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cuda": torch.version.cuda if device.type == "cuda" else None, "threads": torch.get_num_threads()}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": device_slug(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def sync(device: torch.device) -> None:

@@ -1,4 +1,5 @@
 """distil-kit: FlagPerf's DistilBERT / SST-2 fine-tuning benchmark, reproducible and fast, from notebooks."""
+
 from .callbacks import Callback
 from .config import RunConfig, load_config
 from .engine import finetune

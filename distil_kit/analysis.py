@@ -4,6 +4,7 @@ of the final model; and ``report``, which writes them with every figure.
 Every table takes a list of ``records.Run`` (``records.find_runs`` turns folders and globs into one); the figures
 are in ``distil_kit.plots``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,16 @@ from .records import THROUGHPUTS, Run
 
 # Comparison-table column: summary.json key (published rows use the same keys, see reference.COLUMNS).
 SUMMARY_COLUMNS = {
-    "batch": "global_batch_size", "world_size": "world_size", "epochs_run": "epochs_run",
-    "converged": "converged", "final_acc": "acc", "best_acc": "best_acc", "time_to_target_s": "time_to_target",
-    **{name: name for name in THROUGHPUTS}, "e2e_time_s": "e2e_time", "peak_memory_gib": "peak_memory_gib",
+    "batch": "global_batch_size",
+    "world_size": "world_size",
+    "epochs_run": "epochs_run",
+    "converged": "converged",
+    "final_acc": "acc",
+    "best_acc": "best_acc",
+    "time_to_target_s": "time_to_target",
+    **{name: name for name in THROUGHPUTS},
+    "e2e_time_s": "e2e_time",
+    "peak_memory_gib": "peak_memory_gib",
 }
 COMPARISON_COLUMNS = ("source", "label", "model", "device", "precision", *SUMMARY_COLUMNS, "run")
 # Config keys that may differ between repeats of one configuration: the seed, and how a run was launched.
@@ -30,40 +38,61 @@ LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 40, np.inf)  # sentence length buckets, in
 
 # --- labels ---------------------------------------------------------------------------------------------------
 
+
 def run_label(run: Run) -> str:
     """The short label that names a run in legends: "model, precision, batch N, device"."""
     path = Path(str(run.config["model"]))
     # A folder named "model" (a run's saved model, a FlagPerf data folder's model/) says nothing: name its parent.
     model = f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
-    return (f"{model}, {run.config['precision']}, batch {run.summary['global_batch_size']}, "
-            f"{run.manifest['device_name']}")
+    return (
+        f"{model}, {run.config['precision']}, batch {run.summary['global_batch_size']}, {run.manifest['device_name']}"
+    )
 
 
 def run_labels(runs: list[Run]) -> list[str]:
     """Each run's label, with its folder name added where two runs would otherwise share one."""
     labels = [run_label(r) for r in runs]
-    return [f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label
-            for r, label in zip(runs, labels, strict=True)]
+    return [
+        f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label
+        for r, label in zip(runs, labels, strict=True)
+    ]
 
 
 # --- tables ---------------------------------------------------------------------------------------------------
 
+
 def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
     """Runs side by side, then (``published``) FlagPerf's A100 rows; ``source`` tells measured from published."""
-    rows = [{"source": "measured", "label": label, "model": Path(str(r.config["model"])).name,
-             "device": r.manifest["device_name"], "precision": r.config["precision"],
-             **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()}, "run": str(r.folder)}
-            for r, label in zip(runs, run_labels(runs), strict=True)]
+    rows = [
+        {
+            "source": "measured",
+            "label": label,
+            "model": Path(str(r.config["model"])).name,
+            "device": r.manifest["device_name"],
+            "precision": r.config["precision"],
+            **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()},
+            "run": str(r.folder),
+        }
+        for r, label in zip(runs, run_labels(runs), strict=True)
+    ]
     if published:
         for row in reference.published().to_dict("records"):
             hp = f", {row['fix_hp']}" if row["fix_hp"] else ""
-            rows.append({"source": "published", "label": f"FlagPerf A100, {row['configuration']}{hp}",
-                         "model": reference.MODEL, "device": reference.DEVICE, "precision": reference.PRECISION,
-                         **{col: row[key] for col, key in SUMMARY_COLUMNS.items() if key in row},
-                         "run": reference.SOURCE})
+            rows.append(
+                {
+                    "source": "published",
+                    "label": f"FlagPerf A100, {row['configuration']}{hp}",
+                    "model": reference.MODEL,
+                    "device": reference.DEVICE,
+                    "precision": reference.PRECISION,
+                    **{col: row[key] for col, key in SUMMARY_COLUMNS.items() if key in row},
+                    "run": reference.SOURCE,
+                }
+            )
     # Whole numbers stay whole beside the published rows' gaps.
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
-        {"batch": "Int64", "world_size": "Int64", "epochs_run": "Int64"})
+        {"batch": "Int64", "world_size": "Int64", "epochs_run": "Int64"}
+    )
 
 
 def _config_key(config: dict) -> str:
@@ -83,12 +112,19 @@ def seed_groups(runs: list[Run]) -> pd.DataFrame:
     for members in groups.values():
         acc = pd.Series([r.summary["acc"] for r in members], dtype=float)
         ttt = pd.Series([r.summary["time_to_target"] for r in members], dtype=float)  # None: not reached
-        rows.append({"label": run_label(members[0]), "runs": len(members),
-                     "seeds": ", ".join(str(r.config["seed"]) for r in members),
-                     "folders": ", ".join(r.folder.name for r in members),
-                     "final_acc_mean": acc.mean(), "final_acc_std": acc.std(),
-                     "reached_target": int(ttt.notna().sum()),
-                     "time_to_target_s_mean": ttt.mean(), "time_to_target_s_std": ttt.std()})
+        rows.append(
+            {
+                "label": run_label(members[0]),
+                "runs": len(members),
+                "seeds": ", ".join(str(r.config["seed"]) for r in members),
+                "folders": ", ".join(r.folder.name for r in members),
+                "final_acc_mean": acc.mean(),
+                "final_acc_std": acc.std(),
+                "reached_target": int(ttt.notna().sum()),
+                "time_to_target_s_mean": ttt.mean(),
+                "time_to_target_s_std": ttt.std(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +157,16 @@ def accuracy_by_length(runs: list[Run], edges=LENGTH_EDGES) -> pd.DataFrame:
         words = p.sentence.astype(str).str.split().str.len()
         bucket = pd.cut(words, edges, labels=names)
         stats = (p.label == p.pred).groupby(bucket, observed=False).agg(["size", "mean"])
-        frames.append(pd.DataFrame({"run": label, "length_words": names,
-                                    "sentences": stats["size"].to_numpy(), "accuracy": stats["mean"].to_numpy()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run": label,
+                    "length_words": names,
+                    "sentences": stats["size"].to_numpy(),
+                    "accuracy": stats["mean"].to_numpy(),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -130,8 +174,9 @@ def calibration(run: Run, bins: int = 10) -> pd.DataFrame:
     """Reliability table: dev sentences binned by P(positive), with the share of them actually positive."""
     p = run.predictions
     bin_of = np.minimum((p.prob_pos * bins).astype(int), bins - 1)  # prob 1.0 belongs to the top bin
-    table = p.groupby(bin_of).agg(p_mean=("prob_pos", "mean"), frac_pos=("label", "mean"),
-                                  sentences=("label", "size"))
+    table = p.groupby(bin_of).agg(
+        p_mean=("prob_pos", "mean"), frac_pos=("label", "mean"), sentences=("label", "size")
+    )
     return table.rename_axis("bin").reset_index()
 
 
@@ -148,11 +193,16 @@ def confusion(run: Run) -> np.ndarray:
 
 def tables(runs: list[Run], published: bool = True, k: int = 10) -> dict[str, pd.DataFrame]:
     """Every table of the report, by file stem."""
-    return {"comparison": comparison_table(runs, published), "seeds": seed_groups(runs),
-            "confidently_wrong": confidently_wrong(runs, k), "accuracy_by_length": accuracy_by_length(runs)}
+    return {
+        "comparison": comparison_table(runs, published),
+        "seeds": seed_groups(runs),
+        "confidently_wrong": confidently_wrong(runs, k),
+        "accuracy_by_length": accuracy_by_length(runs),
+    }
 
 
 # --- writing --------------------------------------------------------------------------------------------------
+
 
 def save_tables(frames: dict[str, pd.DataFrame], out_dir) -> list[Path]:
     """Each frame as ``<out_dir>/<name>.csv``."""

@@ -1,13 +1,13 @@
 """Atomic file writes: a reader (or a killed process) never sees half a file."""
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

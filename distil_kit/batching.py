@@ -5,6 +5,7 @@ world size (DDP averages gradients over ranks), so the summed weighted loss on e
 mean loss over the global batch, however unevenly the last batch splits across ranks. A rank left without a
 row gets a filler row of weight 0, so that every rank runs the same number of steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,18 +51,21 @@ class TrimCollate:
         self.multiple = max(1, int(pad_to_multiple_of))
 
     def __call__(self, rows) -> Batch:
-        ids, mask, label, idx, weight = zip(*rows)
+        ids, mask, label, idx, weight = zip(*rows, strict=True)
         ids, mask = np.stack(ids), np.stack(mask)
         lengths = mask.sum(axis=1)
         width = min(ids.shape[1], math.ceil(int(lengths.max()) / self.multiple) * self.multiple)
         weight = np.asarray(weight, dtype=np.float32)
         real = weight > 0
-        return Batch(input_ids=torch.from_numpy(np.ascontiguousarray(ids[:, :width])),
-                     attention_mask=torch.from_numpy(np.ascontiguousarray(mask[:, :width])),
-                     labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
-                     idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
-                     weight=torch.from_numpy(weight),
-                     n_rows=int(real.sum()), n_tokens=int(lengths[real].sum()))
+        return Batch(
+            input_ids=torch.from_numpy(np.ascontiguousarray(ids[:, :width])),
+            attention_mask=torch.from_numpy(np.ascontiguousarray(mask[:, :width])),
+            labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
+            idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
+            weight=torch.from_numpy(weight),
+            n_rows=int(real.sum()),
+            n_tokens=int(lengths[real].sum()),
+        )
 
 
 class EpochBatches:
@@ -76,8 +80,17 @@ class EpochBatches:
     ``set_epoch(epoch, skip)`` selects the epoch and skips its first ``skip`` batches (to resume mid-epoch).
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, *, bucketed: bool = False,
-                 rank: int = 0, world_size: int = 1, chunk_batches: int = 64):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        *,
+        bucketed: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        chunk_batches: int = 64,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.seed, self.bucketed = batch_size, seed, bucketed
         self.rank, self.world_size, self.chunk_batches = rank, world_size, chunk_batches
@@ -99,17 +112,17 @@ class EpochBatches:
         order = rng.permutation(len(self.lengths))
         gbs = self.global_batch_size
         if not self.bucketed:
-            return [order[i:i + gbs] for i in range(0, len(order), gbs)]
+            return [order[i : i + gbs] for i in range(0, len(order), gbs)]
         batches = []
         chunk = gbs * self.chunk_batches
         for start in range(0, len(order), chunk):
-            rows = order[start:start + chunk]
+            rows = order[start : start + chunk]
             rows = rows[np.argsort(self.lengths[rows], kind="stable")]
-            batches += [rows[i:i + gbs] for i in range(0, len(rows), gbs)]
+            batches += [rows[i : i + gbs] for i in range(0, len(rows), gbs)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self):
-        for rows in self.global_batches(self.epoch)[self.skip:]:
+        for rows in self.global_batches(self.epoch)[self.skip :]:
             part = np.array_split(rows, self.world_size)[self.rank]
             if len(part) == 0:  # fewer rows than ranks in the last batch: a filler row that adds nothing
                 yield [(int(rows[0]), 0.0)]
@@ -121,4 +134,4 @@ class EpochBatches:
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
     """Dev rows sorted by length (little padding) and dealt to ranks: each row scored exactly once."""
     order = np.argsort(np.asarray(lengths), kind="stable")[rank::world_size]
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]

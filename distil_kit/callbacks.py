@@ -5,6 +5,7 @@ Every event gets the ``engine.Trainer`` (its ``cfg``, ``world``, ``progress``, `
 ``total_steps``, ``batches_per_epoch``) and fires on every rank; a callback that shows or writes something checks
 ``trainer.world.main``. An exception raised in a callback ends the run like any other error.
 """
+
 from __future__ import annotations
 
 from tqdm.auto import tqdm
@@ -49,16 +50,19 @@ class TqdmProgress(Callback):
         if not trainer.world.main:
             return
         cfg, p = trainer.cfg, trainer.progress
-        print(f"{trainer.train_rows} training rows; global batch {trainer.global_batch_size} "
-              f"({cfg.train_batch_size} per process x {trainer.world.size} process(es) x "
-              f"{cfg.gradient_accumulation_steps} accumulated); {trainer.total_steps} optimizer steps")
+        print(
+            f"{trainer.train_rows} training rows; global batch {trainer.global_batch_size} "
+            f"({cfg.train_batch_size} per process x {trainer.world.size} process(es) x "
+            f"{cfg.gradient_accumulation_steps} accumulated); {trainer.total_steps} optimizer steps"
+        )
         self.epochs = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs")
         self._open_epoch(trainer)
 
     def _open_epoch(self, trainer) -> None:
         p = trainer.progress
-        self.epoch = tqdm(total=trainer.batches_per_epoch, initial=p.batches_done, desc=f"epoch {p.epoch + 1}",
-                          leave=False)
+        self.epoch = tqdm(
+            total=trainer.batches_per_epoch, initial=p.batches_done, desc=f"epoch {p.epoch + 1}", leave=False
+        )
 
     def on_log(self, trainer, row: dict) -> None:
         if self.epoch is not None:

@@ -1,4 +1,5 @@
 """Resumable checkpoints: every piece of state a run needs to continue exactly, written atomically."""
+
 from __future__ import annotations
 
 import random
@@ -17,8 +18,12 @@ _NAME = re.compile(r"step-(\d+)\.pt$")
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -106,6 +111,8 @@ def load_latest(folder: Path) -> tuple[dict, Path]:
         except Exception as e:  # a truncated zip raises RuntimeError, EOFError or pickle errors, by version
             tried.append(f"{path.name} ({type(e).__name__})")
     if not tried:
-        raise KitError(f"{folder}: no checkpoint to resume from (the run stopped before its first one); start "
-                       f"over with overwrite: true")
+        raise KitError(
+            f"{folder}: no checkpoint to resume from (the run stopped before its first one); start "
+            f"over with overwrite: true"
+        )
     raise KitError(f"{folder}: no readable checkpoint (tried {', '.join(tried)}); start over with overwrite: true")

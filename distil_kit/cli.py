@@ -1,4 +1,5 @@
 """``python -m distil_kit``: preprocess, finetune, report — thin wrappers over the package's functions."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,11 @@ def _finetune(args) -> None:
     run = finetune(load_config(args.params, args.set, **overrides))
     if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         s = run.summary
-        print(f"run folder: {run.folder}\nacc {s['acc']:.4f} (best {s['best_acc']:.4f}), converged {s['converged']}, "
-              f"{s['epochs_run']} epochs, train_time {s['train_time']:.1f}s, "
-              f"throughput(ips)_no_eval {s['throughput(ips)_no_eval']}")
+        print(
+            f"run folder: {run.folder}\nacc {s['acc']:.4f} (best {s['best_acc']:.4f}), converged {s['converged']}, "
+            f"{s['epochs_run']} epochs, train_time {s['train_time']:.1f}s, "
+            f"throughput(ips)_no_eval {s['throughput(ips)_no_eval']}"
+        )
 
 
 def _report(args) -> None:

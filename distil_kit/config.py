@@ -4,6 +4,7 @@ Built from a dict (papermill parameters), a YAML file, or CLI ``--set key=value`
 wrong types are rejected with a one-line error naming the parameter. ``None`` on a switch means "decided at run
 time" (by ``fast`` and the device); the run's ``config.json`` records the resolved values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,13 +45,15 @@ class RunConfig:
     checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
-    fast: bool = _p(False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where "
-                           "they apply")
+    fast: bool = _p(
+        False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
+    )
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
-    compile: bool = _p(False, "torch.compile the model (timed as compile_time); off by default: slow to compile, "
-                              "small gain")
+    compile: bool = _p(
+        False, "torch.compile the model (timed as compile_time); off by default: slow to compile, small gain"
+    )
     cuda_graphs: bool | None = _p(None, "each step one CUDA graph per batch shape; default: fast where graphs fit")
 
     @classmethod
@@ -69,8 +72,11 @@ class RunConfig:
         hints, lines = typing.get_type_hints(cls), []
         for f in dataclasses.fields(cls):
             (base, optional), help = _base_type(hints[f.name]), f.metadata["help"]
-            lines.append(f"{f.name} = {f.default!r}  # type: Optional[{base.__name__}]  {help}" if optional else
-                         f"{f.name}: {base.__name__} = {f.default!r}  # {help}")
+            lines.append(
+                f"{f.name} = {f.default!r}  # type: Optional[{base.__name__}]  {help}"
+                if optional
+                else f"{f.name}: {base.__name__} = {f.default!r}  # {help}"
+            )
         return lines
 
     @classmethod
@@ -105,14 +111,21 @@ class RunConfig:
         need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
         need(self.target_acc is None or 0 < self.target_acc <= 1, "target_acc", "a number in (0, 1] or null")
         need(self.precision is None or self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and
-             self.device[5:].isdigit(), "device", "auto, cpu, cuda or cuda:N")
-        need(self.max_train_samples is None or self.max_train_samples > 0, "max_train_samples",
-             "a whole number > 0 or null")
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and self.device[5:].isdigit(),
+            "device",
+            "auto, cpu, cuda or cuda:N",
+        )
+        need(
+            self.max_train_samples is None or self.max_train_samples > 0,
+            "max_train_samples",
+            "a whole number > 0 or null",
+        )
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
-        need(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of",
-             "a whole number > 0")
+        need(
+            self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
+        )
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
 
 
@@ -131,8 +144,9 @@ def _coerce(name: str, value, hint):
     base, optional = _base_type(hint)
     if value is None and optional:
         return None
-    ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or \
-        (base is float and isinstance(value, int) and not isinstance(value, bool))
+    ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or (
+        base is float and isinstance(value, int) and not isinstance(value, bool)
+    )
     if not ok:
         expected = _TYPE_WORDS[base] + (" or null" if optional else "")
         raise KitError(f"parameter {name!r}: expected {expected}, got {value!r} ({type(value).__name__})")

@@ -3,6 +3,7 @@
 Every source yields the same thing: a ``Split`` per split name ("train", "dev"). Splits read from npz also
 carry ``input_ids`` and ``attention_mask``; the others are tokenized by ``distil_kit.preprocess``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -45,7 +46,7 @@ class Split:
             raise KitError("this split is not tokenized yet; run distil_kit.preprocess first")
         return self.attention_mask.sum(axis=1)
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         """The first ``n`` rows (all of them when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
@@ -55,20 +56,24 @@ class Split:
 
 # --- locating a source ----------------------------------------------------------------------------------------
 
+
 def source_kind(source: str | os.PathLike | None) -> str:
     """'hub', 'tsv' or 'npz' for a source string; a one-line error when a local folder is unusable."""
     if source is None or str(source) in HUB_NAMES:
         return "hub"
     folder = Path(source)
     if not folder.is_dir():
-        raise KitError(f"data folder {folder} does not exist; expected a GLUE TSV folder (train.tsv, dev.tsv) "
-                       f"or a FlagPerf data folder (dataset/train_dataset.npz, dataset/eval_dataset.npz)")
+        raise KitError(
+            f"data folder {folder} does not exist; expected a GLUE TSV folder (train.tsv, dev.tsv) "
+            f"or a FlagPerf data folder (dataset/train_dataset.npz, dataset/eval_dataset.npz)"
+        )
     if npz_folder(folder) is not None:
         return "npz"
     if any((folder / name).exists() for name in TSV_FILES.values()):
         return "tsv"
-    raise KitError(f"data folder {folder} holds neither train.tsv/dev.tsv nor dataset/train_dataset.npz/"
-                   f"eval_dataset.npz")
+    raise KitError(
+        f"data folder {folder} holds neither train.tsv/dev.tsv nor dataset/train_dataset.npz/eval_dataset.npz"
+    )
 
 
 def npz_folder(folder: Path) -> Path | None:
@@ -105,11 +110,14 @@ def load_sst2(source: str | os.PathLike | None = "hub", vocab_size: int | None =
 
 # --- the hub --------------------------------------------------------------------------------------------------
 
+
 def load_hub() -> dict[str, Split]:
     """SST-2 through ``datasets.load_dataset``; fails at once, naming the local options, when offline."""
     if not hub.reachable():
-        raise KitError("the Hugging Face hub is out of reach; pass a GLUE TSV folder (train.tsv, dev.tsv) or a "
-                       "FlagPerf data folder (dataset/*.npz) as the data source instead")
+        raise KitError(
+            "the Hugging Face hub is out of reach; pass a GLUE TSV folder (train.tsv, dev.tsv) or a "
+            "FlagPerf data folder (dataset/*.npz) as the data source instead"
+        )
     import datasets  # imported here: the GPU machines and most runs never need it
 
     try:
@@ -122,8 +130,11 @@ def load_hub() -> dict[str, Split]:
 def split_from_columns(columns, name: str) -> Split:
     """A Split from a mapping of columns (a ``datasets`` split or a dict), validated like a file would be."""
     sentences, labels = list(columns["sentence"]), np.asarray(columns["label"], dtype=np.int64)
-    idx = np.asarray(columns["idx"], dtype=np.int64) if "idx" in getattr(columns, "column_names", columns) \
+    idx = (
+        np.asarray(columns["idx"], dtype=np.int64)
+        if "idx" in getattr(columns, "column_names", columns)
         else np.arange(len(labels), dtype=np.int64)
+    )
     _check_rows(sentences, labels, name, first_row=0)
     return Split(idx=idx, sentence=np.array(sentences, dtype=str), label=labels)
 
@@ -139,6 +150,7 @@ def _check_rows(sentences, labels, name: str, first_row: int, unit: str = "row")
 
 
 # --- GLUE TSV -------------------------------------------------------------------------------------------------
+
 
 def read_tsv(path: Path) -> Split:
     """A GLUE SST-2 TSV: header ``sentence<TAB>label``, no quoting. Rows are numbered as file lines."""
@@ -160,17 +172,23 @@ def read_tsv(path: Path) -> Split:
             raise KitError(f"{path}: line {line}: label {row[1]!r} is not 0 or 1") from None
     sentences = [row[0] for row in body]
     _check_rows(sentences, np.array(labels, dtype=np.int64), str(path), first_row=2, unit="line")
-    return Split(idx=np.arange(len(body), dtype=np.int64), sentence=np.array(sentences, dtype=str),
-                 label=np.array(labels, dtype=np.int64))
+    return Split(
+        idx=np.arange(len(body), dtype=np.int64),
+        sentence=np.array(sentences, dtype=str),
+        label=np.array(labels, dtype=np.int64),
+    )
 
 
 # --- FlagPerf npz ---------------------------------------------------------------------------------------------
 
+
 def read_npz(path: Path, vocab_size: int | None = None) -> Split:
     """A FlagPerf npz file, checked: keys, shapes, labels in {0, 1}, right padding, ids below ``vocab_size``."""
     if not path.is_file():
-        raise KitError(f"{path}: file not found; a FlagPerf data folder holds dataset/{NPZ_FILES['train']} "
-                       f"and dataset/{NPZ_FILES['dev']}")
+        raise KitError(
+            f"{path}: file not found; a FlagPerf data folder holds dataset/{NPZ_FILES['train']} "
+            f"and dataset/{NPZ_FILES['dev']}"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in NPZ_KEYS if k not in z.files]
@@ -183,9 +201,11 @@ def read_npz(path: Path, vocab_size: int | None = None) -> Split:
         raise
     except ValueError as e:  # object arrays need pickle, which we never enable for data files
         raise KitError(f"{path}: {str(e).splitlines()[0]}; 'sentence' must be a numpy unicode array") from e
-    split = Split(**{k: arrays[k] for k in ("idx", "sentence", "label")},
-                  input_ids=arrays["input_ids"].astype(np.int64, copy=False),
-                  attention_mask=arrays["attention_mask"].astype(np.int64, copy=False))
+    split = Split(
+        **{k: arrays[k] for k in ("idx", "sentence", "label")},
+        input_ids=arrays["input_ids"].astype(np.int64, copy=False),
+        attention_mask=arrays["attention_mask"].astype(np.int64, copy=False),
+    )
     check_encoded(split, str(path), vocab_size)
     return split
 
@@ -198,8 +218,10 @@ def check_encoded(split: Split, name: str, vocab_size: int | None = None) -> Non
             raise KitError(f"{name}: '{key}' has shape {getattr(split, key).shape}, expected ({n},) like 'idx'")
     ids, mask = split.input_ids, split.attention_mask
     if ids.ndim != 2 or ids.shape[0] != n or mask.shape != ids.shape:
-        raise KitError(f"{name}: 'input_ids' {ids.shape} and 'attention_mask' {mask.shape} must both be "
-                       f"[{n}, L] (one row per 'idx')")
+        raise KitError(
+            f"{name}: 'input_ids' {ids.shape} and 'attention_mask' {mask.shape} must both be "
+            f"[{n}, L] (one row per 'idx')"
+        )
     _check_rows(split.sentence, split.label, name, first_row=0)
     bad = np.flatnonzero(~np.isin(mask, (0, 1)).all(axis=1))
     if bad.size:
@@ -209,18 +231,27 @@ def check_encoded(split: Split, name: str, vocab_size: int | None = None) -> Non
     right_padded = (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all(axis=1)
     bad = np.flatnonzero(~right_padded | (lengths == 0))
     if bad.size:
-        raise KitError(f"{name}: row {bad[0]}: attention_mask is not a block of 1s followed by 0s "
-                       f"(expected right padding and at least one token)")
+        raise KitError(
+            f"{name}: row {bad[0]}: attention_mask is not a block of 1s followed by 0s "
+            f"(expected right padding and at least one token)"
+        )
     if vocab_size is not None:
         bad = np.flatnonzero((ids >= vocab_size).any(axis=1) | (ids < 0).any(axis=1))
         if bad.size:
-            raise KitError(f"{name}: row {bad[0]}: token id {int(ids[bad[0]].max())} is outside the tokenizer's "
-                           f"vocabulary of {vocab_size}; was this file made with another tokenizer?")
+            raise KitError(
+                f"{name}: row {bad[0]}: token id {int(ids[bad[0]].max())} is outside the tokenizer's "
+                f"vocabulary of {vocab_size}; was this file made with another tokenizer?"
+            )
 
 
 def write_npz(split: Split, path: Path) -> None:
     """FlagPerf's layout: ``np.savez`` of the five keys, int64 arrays and a numpy unicode ``sentence``."""
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary file's name
-        np.savez(f, idx=split.idx.astype(np.int64), sentence=np.asarray(split.sentence, dtype=str),
-                 label=split.label.astype(np.int64), input_ids=split.input_ids.astype(np.int64),
-                 attention_mask=split.attention_mask.astype(np.int64))
+        np.savez(
+            f,
+            idx=split.idx.astype(np.int64),
+            sentence=np.asarray(split.sentence, dtype=str),
+            label=split.label.astype(np.int64),
+            input_ids=split.input_ids.astype(np.int64),
+            attention_mask=split.attention_mask.astype(np.int64),
+        )

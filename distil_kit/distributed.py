@@ -1,4 +1,5 @@
 """torchrun / DDP plumbing: who am I, and the few collectives the engine needs. One process is world size 1."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,13 @@ def init_world(use_cuda: bool) -> World:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend=backend)
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-    return World(rank=dist.get_rank(), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                 nodes=max(1, size // local_size), backend=backend)
+    return World(
+        rank=dist.get_rank(),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        nodes=max(1, size // local_size),
+        backend=backend,
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

@@ -8,6 +8,7 @@ Host syncs (the GPU waits for nothing else): the losses are read once per ``log_
 (``Trainer.log``), clocks are read after a synchronize at evaluations, and around a step with an input shape not
 seen before when compiling or capturing CUDA graphs (that step's time is compile time, see ``progress.Clock``).
 """
+
 from __future__ import annotations
 
 import resource
@@ -52,22 +53,34 @@ class Trainer:
         self.model = load_classifier(cfg.model).to(device)
         check_ids_fit(self.splits, self.model)
 
-        self.sampler = EpochBatches(self.splits["train"].lengths, cfg.train_batch_size, cfg.seed,
-                                    bucketed=cfg.bucket_batches, rank=world.rank, world_size=world.size)
+        self.sampler = EpochBatches(
+            self.splits["train"].lengths,
+            cfg.train_batch_size,
+            cfg.seed,
+            bucketed=cfg.bucket_batches,
+            rank=world.rank,
+            world_size=world.size,
+        )
         self.loader = torch.utils.data.DataLoader(
-            SplitDataset(self.splits["train"]), batch_sampler=self.sampler,
-            collate_fn=TrimCollate(cfg.pad_to_multiple_of), num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            SplitDataset(self.splits["train"]),
+            batch_sampler=self.sampler,
+            collate_fn=TrimCollate(cfg.pad_to_multiple_of),
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
             # Its own generator: each iter() draws a worker seed, which from the global generator would shift the
             # dropout draws of a run resumed mid-epoch away from those of the uninterrupted run.
-            generator=torch.Generator().manual_seed(cfg.seed))
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
 
         self.total_steps = total_optimizer_steps(self.batches_per_epoch, cfg.gradient_accumulation_steps, cfg.epochs)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, fused=cfg.fused_adamw,
-                                        capturable=cfg.cuda_graphs)
+        self.optimizer = make_optimizer(
+            self.model, cfg.lr, cfg.weight_decay, fused=cfg.fused_adamw, capturable=cfg.cuda_graphs
+        )
         self.scheduler = make_scheduler(self.optimizer, self.total_steps)
-        self.step = make_step(self._train_model(), self.model, self.optimizer, device, cfg.precision,
-                              cfg.cuda_graphs, world.distributed)
+        self.step = make_step(
+            self._train_model(), self.model, self.optimizer, device, cfg.precision, cfg.cuda_graphs, world.distributed
+        )
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
 
@@ -118,9 +131,9 @@ class Trainer:
             p.batches_done += len(micro)
             stop_asked = signals.received is not None
             at_checkpoint = cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0
+            log_now = p.step % cfg.log_every == 0 or at_checkpoint or p.batches_done == n
             # One process stops at once; ranks agree on a stop in the log's collective, so they stop at a log row.
-            if p.step % cfg.log_every == 0 or at_checkpoint or p.batches_done == n or \
-                    stop_asked and not self.world.distributed:
+            if log_now or (stop_asked and not self.world.distributed):
                 stop = self.log(stop_asked)
                 if at_checkpoint or stop:
                     self.save_checkpoint()
@@ -143,8 +156,9 @@ class Trainer:
             self.sync()
             self.clock.add("compile", time.perf_counter() - t0)
             self._seen_shapes |= shapes
-        self.window.add(self.progress.step, losses, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro),
-                        compiles)
+        self.window.add(
+            self.progress.step, losses, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro), compiles
+        )
 
     def log(self, stop_asked: bool) -> bool:
         """A steps.csv row from the window (reading its losses is the host sync); whether any rank asked to stop."""
@@ -152,11 +166,14 @@ class Trainer:
         bad = torch.nonzero(~torch.isfinite(totals.losses)).flatten()
         if bad.numel():
             self.save_records()
-            raise KitError(f"loss became {totals.losses[bad[0]].item()} at step {self.window.step_of(int(bad[0]))} "
-                           f"(epoch {self.progress.epoch + 1}); training stopped, records so far are in {self.out}")
+            raise KitError(
+                f"loss became {totals.losses[bad[0]].item()} at step {self.window.step_of(int(bad[0]))} "
+                f"(epoch {self.progress.epoch + 1}); training stopped, records so far are in {self.out}"
+            )
         now = self.clock.no_eval_seconds()
-        row = self.progress.record_window(totals, float(self.scheduler.get_last_lr()[0]), now,
-                                          max(now - self.window.start, 1e-9))
+        row = self.progress.record_window(
+            totals, float(self.scheduler.get_last_lr()[0]), now, max(now - self.window.start, 1e-9)
+        )
         self.window.reset(now)
         self.callbacks.fire("on_log", self, row)
         return totals.stop
@@ -164,9 +181,15 @@ class Trainer:
     def score(self) -> Evaluation:
         """The current weights on the dev split, in the run's precision and padding."""
         cfg = self.cfg
-        return evaluate(self.model, self.splits["dev"], batch_size=cfg.eval_batch_size, device=self.device,
-                        world=self.world, amp=lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs),
-                        pad_to_multiple_of=cfg.pad_to_multiple_of)
+        return evaluate(
+            self.model,
+            self.splits["dev"],
+            batch_size=cfg.eval_batch_size,
+            device=self.device,
+            world=self.world,
+            amp=lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs),
+            pad_to_multiple_of=cfg.pad_to_multiple_of,
+        )
 
     def evaluate(self) -> float:
         """Score the dev split and record it (evals.csv); its time counts as evaluation inside the loop only."""
@@ -178,8 +201,9 @@ class Trainer:
         self.predictions, self.scored_final = result.predictions, self.clock.training
         if self.clock.training:
             self.clock.add("eval", seconds)
-        row = self.progress.record_eval(result.accuracy, seconds, self.clock.train_seconds(), self.cfg.target_acc,
-                                        training=self.clock.training)
+        row = self.progress.record_eval(
+            result.accuracy, seconds, self.clock.train_seconds(), self.cfg.target_acc, training=self.clock.training
+        )
         self.callbacks.fire("on_evaluate", self, row)
         return result.accuracy
 
@@ -187,15 +211,22 @@ class Trainer:
 
     def state_dict(self, rng: list[dict]) -> dict:
         """Everything a resumed run needs; ``rng[rank]`` is each rank's RNG state (ranks draw different dropout)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
-                "rng": rng, "timers": self.clock.state_dict(), **self.progress.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
+            "rng": rng,
+            "timers": self.clock.state_dict(),
+            **self.progress.state_dict(),
+        }
 
     def load_state_dict(self, state: dict, source: Path) -> None:
         if len(state["rng"]) != self.world.size:  # batches, and so the rest of the run, depend on the world size
-            raise KitError(f"checkpoint {source} was written by {len(state['rng'])} process(es), this run has "
-                           f"{self.world.size}; resume with the same number of processes (torchrun --nproc_per_node)")
+            raise KitError(
+                f"checkpoint {source} was written by {len(state['rng'])} process(es), this run has "
+                f"{self.world.size}; resume with the same number of processes (torchrun --nproc_per_node)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -231,8 +262,13 @@ class Trainer:
             peak = torch.cuda.max_memory_allocated(self.device) / GIB
         else:  # ru_maxrss is KiB on Linux
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        return summary(self.progress, self.clock.times(), global_batch_size=self.global_batch_size,
-                       world_size=self.world.size, peak_memory_gib=peak)
+        return summary(
+            self.progress,
+            self.clock.times(),
+            global_batch_size=self.global_batch_size,
+            world_size=self.world.size,
+            peak_memory_gib=peak,
+        )
 
 
 def train(trainer: Trainer, resumed: bool) -> None:
@@ -251,7 +287,8 @@ def train(trainer: Trainer, resumed: bool) -> None:
                 raise RunInterrupted(
                     f"{signals.received} received: stopped after step {p.step} and saved a checkpoint in "
                     f"{trainer.out / 'checkpoints'}; continue with resume: true and output_dir {trainer.out} (CLI: "
-                    f"python -m distil_kit finetune --resume --set output_dir={trainer.out})")
+                    f"python -m distil_kit finetune --resume --set output_dir={trainer.out})"
+                )
             p.epoch += 1
             p.batches_done = 0
             trainer.evaluate()
@@ -316,6 +353,7 @@ def _save_final(trainer: Trainer, result: dict) -> None:
     trainer.save_records()
     records.write_predictions(trainer.out, trainer.predictions)
     if trainer.cfg.save_model:
+
         def save(tmp: Path):
             trainer.model.save_pretrained(tmp)
             trainer.tokenizer.save_pretrained(tmp)
@@ -335,13 +373,20 @@ def _start_run_folder(trainer: Trainer) -> None:
 def _manifest(trainer: Trainer) -> dict:
     cfg, world = trainer.cfg, trainer.world
     cuda = trainer.device.type == "cuda"
-    return {**records.environment_manifest(), "device": str(trainer.device),
-            "device_count": world.size if world.distributed else (torch.cuda.device_count() if cuda else 1),
-            "data_source": cfg.data_dir or data.HUB_DATASET,
-            "data_files": {str(p): file_sha256(p) for p in data.source_files(cfg.data_dir)},
-            "model": cfg.model, "model_weights": weights_sha256(cfg.model),
-            "vocab_sha256": vocab_sha256(trainer.tokenizer), "seed": cfg.seed,
-            "world_size": world.size, "nodes": world.nodes, "backend": world.backend}
+    return {
+        **records.environment_manifest(),
+        "device": str(trainer.device),
+        "device_count": world.size if world.distributed else (torch.cuda.device_count() if cuda else 1),
+        "data_source": cfg.data_dir or data.HUB_DATASET,
+        "data_files": {str(p): file_sha256(p) for p in data.source_files(cfg.data_dir)},
+        "model": cfg.model,
+        "model_weights": weights_sha256(cfg.model),
+        "vocab_sha256": vocab_sha256(trainer.tokenizer),
+        "seed": cfg.seed,
+        "world_size": world.size,
+        "nodes": world.nodes,
+        "backend": world.backend,
+    }
 
 
 def _quiet_libraries() -> None:
@@ -356,8 +401,10 @@ def _resumed_config(cfg: RunConfig) -> RunConfig:
     """The interrupted run's own config: a resumed run continues exactly what was started."""
     saved = Path(cfg.output_dir or ".") / "config.json"
     if not cfg.output_dir or not saved.is_file():
-        raise KitError(f"resume: output_dir {cfg.output_dir or '(empty)'} holds no run to resume; name the "
-                       f"interrupted run's folder")
+        raise KitError(
+            f"resume: output_dir {cfg.output_dir or '(empty)'} holds no run to resume; name the "
+            f"interrupted run's folder"
+        )
     # output_dir as given: the folder may have been moved or copied since config.json was written
     values = {**records.Run(saved.parent).config, "resume": True, "overwrite": False, "output_dir": cfg.output_dir}
     return RunConfig.from_dict(values, source=str(saved))

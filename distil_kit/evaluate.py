@@ -1,5 +1,6 @@
 """Dev accuracy and predictions: the model and the dev split in, the correct count and predictions out. Under
 torchrun each rank scores its share of the rows (each row exactly once) and the counts are summed."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -25,8 +26,16 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, dev: Split, *, batch_size: int, device: torch.device,
-             world: distributed.World | None = None, amp=nullcontext, pad_to_multiple_of: int = 1) -> Evaluation:
+def evaluate(
+    model: torch.nn.Module,
+    dev: Split,
+    *,
+    batch_size: int,
+    device: torch.device,
+    world: distributed.World | None = None,
+    amp=nullcontext,
+    pad_to_multiple_of: int = 1,
+) -> Evaluation:
     """Score every dev row once; ``amp`` makes the autocast context the run trains in."""
     world = world or distributed.World()
     dataset, collate = SplitDataset(dev), TrimCollate(pad_to_multiple_of)
@@ -37,7 +46,9 @@ def evaluate(model: torch.nn.Module, dev: Split, *, batch_size: int, device: tor
     for rows in eval_batches(dev.lengths, batch_size, world.rank, world.size):
         batch = collate([dataset[r] for r in rows])
         with amp():
-            logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+            logits = model(
+                input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
+            ).logits
         y = logits.argmax(dim=-1)
         correct += (y.cpu() == batch.labels).sum().to(device)
         idx.append(batch.idx)
@@ -52,8 +63,20 @@ def evaluate(model: torch.nn.Module, dev: Split, *, batch_size: int, device: tor
 
 def _predictions(dev: Split, parts: list[tuple[list, list, list]]) -> pd.DataFrame:
     """Every rank's (row, pred, prob_pos) lists as one frame in dev order."""
-    frame = pd.DataFrame({"row": sum((p[0] for p in parts), []), "pred": sum((p[1] for p in parts), []),
-                          "prob_pos": sum((p[2] for p in parts), [])}).sort_values("row")
+    frame = pd.DataFrame(
+        {
+            "row": sum((p[0] for p in parts), []),
+            "pred": sum((p[1] for p in parts), []),
+            "prob_pos": sum((p[2] for p in parts), []),
+        }
+    ).sort_values("row")
     rows = frame["row"].to_numpy()
-    return pd.DataFrame({"idx": dev.idx[rows], "sentence": dev.sentence[rows], "label": dev.label[rows],
-                         "pred": frame["pred"].to_numpy(), "prob_pos": frame["prob_pos"].round(6).to_numpy()})
+    return pd.DataFrame(
+        {
+            "idx": dev.idx[rows],
+            "sentence": dev.sentence[rows],
+            "label": dev.label[rows],
+            "pred": frame["pred"].to_numpy(),
+            "prob_pos": frame["prob_pos"].round(6).to_numpy(),
+        }
+    )

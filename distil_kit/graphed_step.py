@@ -22,11 +22,12 @@ blocking stream").
 
 When graphs apply is ``graphs_fit``, beside the step it guards; ``resolve.resolve_config`` asks it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -38,8 +39,9 @@ WARMUP_STEPS = 2
 CAPTURABLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-REQUIREMENTS = ("a CUDA device, one process, gradient_accumulation_steps 1, num_workers 0 and a precision other "
-                "than fp16")
+REQUIREMENTS = (
+    "a CUDA device, one process, gradient_accumulation_steps 1, num_workers 0 and a precision other than fp16"
+)
 
 
 def graphs_fit(device: torch.device, world_size: int, accumulation: int, precision: str, num_workers: int) -> bool:
@@ -47,8 +49,9 @@ def graphs_fit(device: torch.device, world_size: int, accumulation: int, precisi
     captured. No accumulation: a graph is one forward, backward and update. Not fp16: the grad scaler's
     inf check reads its result on the host. No DataLoader workers: their pin-memory thread could allocate on the
     device during a capture."""
-    return (device.type == "cuda" and world_size == 1 and accumulation == 1 and precision != "fp16"
-            and num_workers == 0)
+    return (
+        device.type == "cuda" and world_size == 1 and accumulation == 1 and precision != "fp16" and num_workers == 0
+    )
 
 
 @dataclass
@@ -78,8 +81,13 @@ class GraphedStep:
 
     scaler = None  # graphs_fit: never fp16
 
-    def __init__(self, loss_fn: Callable[..., torch.Tensor], model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, device: torch.device):
+    def __init__(
+        self,
+        loss_fn: Callable[..., torch.Tensor],
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+    ):
         self.loss_fn, self.model, self.optimizer, self.device = loss_fn, model, optimizer, device
         self.graphs: dict[tuple, _Captured] = {}
         self.pool = torch.cuda.graph_pool_handle()

@@ -1,5 +1,6 @@
 """Whether the Hugging Face hub can be reached: asked once, quickly, before any hub client would retry for a
 minute on a machine without network."""
+
 from __future__ import annotations
 
 import os

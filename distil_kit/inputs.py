@@ -1,4 +1,5 @@
 """A run's inputs: the tokenized splits and the model, checked against each other before any training."""
+
 from __future__ import annotations
 
 import random
@@ -33,5 +34,7 @@ def check_ids_fit(splits: dict[str, data.Split], model: torch.nn.Module) -> None
     for name, split in splits.items():
         if int(split.input_ids.max()) >= size:
             row = int(np.flatnonzero((split.input_ids >= size).any(axis=1))[0])
-            raise KitError(f"{name} split, row {row}: token id {int(split.input_ids[row].max())} is outside the "
-                           f"model's embedding table of {size}; data and model come from different vocabularies")
+            raise KitError(
+                f"{name} split, row {row}: token id {int(split.input_ids[row].max())} is outside the "
+                f"model's embedding table of {size}; data and model come from different vocabularies"
+            )

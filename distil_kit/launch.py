@@ -1,4 +1,5 @@
 """Run ``finetune`` on several local devices from a notebook: torchrun as a subprocess, its output streamed."""
+
 from __future__ import annotations
 
 import socket
@@ -21,9 +22,22 @@ def _free_port() -> int:
 
 
 def torchrun_command(params_file: Path, nproc_per_node: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-            "-m", "distil_kit", "finetune", "--params", str(params_file)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "-m",
+        "distil_kit",
+        "finetune",
+        "--params",
+        str(params_file),
+    ]
 
 
 def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
@@ -35,8 +49,13 @@ def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config.to_dict(), f)
     try:
-        proc = subprocess.Popen(torchrun_command(Path(f.name), nproc_per_node), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            torchrun_command(Path(f.name), nproc_per_node),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout:
             print(line, end="")
         code = proc.wait()

@@ -1,4 +1,5 @@
 """Tokenizer and model loading from a hub id or a local folder, with one-line errors for unusable folders."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +8,12 @@ from pathlib import Path
 from .errors import KitError
 
 DEFAULT_MODEL = "distilbert-base-uncased"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -28,8 +33,10 @@ def _local_folder(name: str, what: str) -> Path | None:
 
 
 def _from_hub_error(name: str, what: str, e: Exception) -> KitError:
-    return KitError(f"{what} {name!r} is not a local folder and could not be loaded from the hub "
-                    f"({str(e).splitlines()[0][:160]}); pass a local folder instead")
+    return KitError(
+        f"{what} {name!r} is not a local folder and could not be loaded from the hub "
+        f"({str(e).splitlines()[0][:160]}); pass a local folder instead"
+    )
 
 
 def load_tokenizer(name: str):
@@ -41,8 +48,10 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(str(folder or name))
     except (OSError, ValueError) as e:
         if folder is not None:
-            raise KitError(f"tokenizer folder {folder} holds no usable tokenizer files "
-                           f"(vocab.txt or tokenizer.json): {str(e).splitlines()[0][:160]}") from e
+            raise KitError(
+                f"tokenizer folder {folder} holds no usable tokenizer files "
+                f"(vocab.txt or tokenizer.json): {str(e).splitlines()[0][:160]}"
+            ) from e
         raise _from_hub_error(name, "tokenizer", e) from e
 
 
@@ -68,8 +77,9 @@ def load_classifier(name: str, num_labels: int = 2):
 
     folder = model_folder(name)
     try:  # fp32 master weights whatever the file holds (transformers 5 would keep an fp16 file's dtype)
-        return AutoModelForSequenceClassification.from_pretrained(str(folder or name), num_labels=num_labels,
-                                                                  dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(folder or name), num_labels=num_labels, dtype=torch.float32
+        )
     except (OSError, ValueError) as e:
         if folder is not None:
             raise KitError(f"model folder {folder} could not be loaded: {str(e).splitlines()[0][:160]}") from e

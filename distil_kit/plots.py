@@ -5,6 +5,7 @@ involved and nothing needs closing.
 Every run figure takes a list of ``records.Run`` (``records.find_runs`` turns folders and globs into one),
 colours a run the same way (by its position in the list) and names it by its short label.
 """
+
 from __future__ import annotations
 
 import glob
@@ -69,14 +70,24 @@ def loss_figure(runs: list[Run], smoothing: float = 0.9) -> Figure:
         ax.plot(s.step, s.loss, color=color, alpha=0.3, lw=1)
         ax.plot(s.step, s.loss.ewm(alpha=1 - smoothing).mean(), color=color, lw=2, label=label)
         lr_ax.plot(s.step, s.lr, color=color, ls="--", lw=1)
-    ax.set(title="Training loss and learning rate", xlabel="training step (optimizer updates)",
-           ylabel="training loss (cross-entropy, mean over the log window)")
+    ax.set(
+        title="Training loss and learning rate",
+        xlabel="training step (optimizer updates)",
+        ylabel="training loss (cross-entropy, mean over the log window)",
+    )
     lr_ax.set_ylabel("learning rate (dashed)")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     lr_ax.set_ylim(bottom=0)
-    _legend(fig, labels, colors, [_style("loss as logged", alpha=0.3, lw=1),
-                                  _style(f"loss, exponential moving average (weight {smoothing})", lw=2),
-                                  _style("learning rate (right axis)", ls="--", lw=1)])
+    _legend(
+        fig,
+        labels,
+        colors,
+        [
+            _style("loss as logged", alpha=0.3, lw=1),
+            _style(f"loss, exponential moving average (weight {smoothing})", lw=2),
+            _style("learning rate (right axis)", ls="--", lw=1),
+        ],
+    )
     return fig
 
 
@@ -94,8 +105,11 @@ def accuracy_figure(runs: list[Run]) -> Figure:
         for target in targets:
             ax.axhline(target, color="black", ls=":", lw=1)
         ax.grid(alpha=0.3)
-    by_epoch.set(title="Dev accuracy per epoch (epoch 0: before training)", xlabel="epoch",
-                 ylabel="dev accuracy (fraction correct)")
+    by_epoch.set(
+        title="Dev accuracy per epoch (epoch 0: before training)",
+        xlabel="epoch",
+        ylabel="dev accuracy (fraction correct)",
+    )
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set(title="Time to accuracy", xlabel="training time, evaluation included (seconds)")
     by_time.tick_params(labelleft=True)
@@ -114,8 +128,7 @@ def throughput_figure(runs: list[Run]) -> Figure:
         s = run.steps
         samples_ax.plot(s.step, s.samples_per_s, color=color, marker=".", label=label)
         tokens_ax.plot(s.step, s.tokens_per_s, color=color, marker=".", label=label)
-    samples_ax.set(title="Training throughput over each log window (all devices together)",
-                   ylabel="samples/s")
+    samples_ax.set(title="Training throughput over each log window (all devices together)", ylabel="samples/s")
     tokens_ax.set(xlabel="training step (optimizer updates)", ylabel="tokens/s")
     for ax in (samples_ax, tokens_ax):
         ax.set_ylim(bottom=0)
@@ -134,16 +147,25 @@ def benchmark_figure(table) -> Figure:
     ax = fig.add_subplot()
     y = np.arange(len(frame))[::-1]
     bars = ax.barh(y, frame.samples_per_s, color=_colors(len(frame)))
-    ax.bar_label(bars, labels=[f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer)" for v, a, b in
-                               zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer, strict=True)],
-                 fontsize=8, padding=3)
-    ax.set_yticks(y, [f"{v}: {label}\n{p}"
-                      for v, label, p in zip(frame.variant, frame.label, frame.precision, strict=True)])
+    ax.bar_label(
+        bars,
+        labels=[
+            f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer)"
+            for v, a, b in zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer, strict=True)
+        ],
+        fontsize=8,
+        padding=3,
+    )
+    ax.set_yticks(
+        y, [f"{v}: {label}\n{p}" for v, label, p in zip(frame.variant, frame.label, frame.precision, strict=True)]
+    )
     ax.set_xlim(0, frame.samples_per_s.max() * 1.6)
     first = frame.iloc[0]
-    ax.set(title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
-                 f"first {int(first.rows)} SST-2 training rows, batch 32",
-           xlabel="training samples/s (one epoch, evaluation and compile time excluded)")
+    ax.set(
+        title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
+        f"first {int(first.rows)} SST-2 training rows, batch 32",
+        xlabel="training samples/s (one epoch, evaluation and compile time excluded)",
+    )
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -199,16 +221,22 @@ def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
     for i, (metric, color) in enumerate(zip(THROUGHPUTS, _colors(len(THROUGHPUTS)), strict=True)):
         _bars(rates, y + (i - 1) * height, table[metric], height, color, hatch, label=METRIC_NAMES[metric])
     _bars(e2e, y, table["e2e_time_s"], 0.5, "0.6", hatch)
-    rates.set(yticks=y, yticklabels=[_wrap(label) for label in table.label], ylabel="run",
-              title="Training throughput (FlagPerf's ips)",
-              xlabel=_scale(rates, table[list(THROUGHPUTS)], "samples/s"))
+    rates.set(
+        yticks=y,
+        yticklabels=[_wrap(label) for label in table.label],
+        ylabel="run",
+        title="Training throughput (FlagPerf's ips)",
+        xlabel=_scale(rates, table[list(THROUGHPUTS)], "samples/s"),
+    )
     e2e.set(title="End-to-end time (e2e_time)", xlabel=_scale(e2e, table[["e2e_time_s"]], "seconds"))
     rates.invert_yaxis()  # first run on top
     for ax in (rates, e2e):
         ax.margins(x=0.15)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("FlagPerf metrics: measured runs" + (", and FlagPerf's published A100 results (hatched, not "
-                                                      "measured here)" if published else ""))
+    fig.suptitle(
+        "FlagPerf metrics: measured runs"
+        + (", and FlagPerf's published A100 results (hatched, not measured here)" if published else "")
+    )
     fig.legend(*rates.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     return fig
 
@@ -225,13 +253,26 @@ def confusion_figure(runs: list[Run]) -> Figure:
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for (t, p), n in np.ndenumerate(counts):
-            ax.text(p, t, f"{n}\n{share[t, p]:.1%} of true", ha="center", va="center",
-                    color="white" if share[t, p] > 0.6 else "black")
+            ax.text(
+                p,
+                t,
+                f"{n}\n{share[t, p]:.1%} of true",
+                ha="center",
+                va="center",
+                color="white" if share[t, p] > 0.6 else "black",
+            )
         title = f"{_wrap(label)}\naccuracy {np.trace(counts) / counts.sum():.3f} on {counts.sum()} sentences"
-        ax.set(xticks=[0, 1], xticklabels=classes, yticks=[0, 1], yticklabels=classes,
-               xlabel="predicted label", ylabel="true label", title=title)
+        ax.set(
+            xticks=[0, 1],
+            xticklabels=classes,
+            yticks=[0, 1],
+            yticklabels=classes,
+            xlabel="predicted label",
+            ylabel="true label",
+            title=title,
+        )
         ax.title.set_fontsize("small")
-    for ax in axes[len(runs):]:
+    for ax in axes[len(runs) :]:
         ax.remove()
     fig.suptitle("Confusion matrix on dev")
     return fig
@@ -249,8 +290,12 @@ def calibration_figure(runs: list[Run], bins: int = 10) -> Figure:
         curve.plot(table.p_mean, table.frac_pos, color=color, marker="o", label=label)
         counts.plot(table.p_mean, table.sentences, color=color, marker="o")
         texts.append(f"{label} (ECE {analysis.expected_calibration_error(table):.3f})")
-    curve.set(title=f"Calibration on dev: {bins} bins of predicted P(positive); ECE: expected calibration error",
-              ylabel="share of the bin's sentences that are positive", xlim=(0, 1), ylim=(0, 1))
+    curve.set(
+        title=f"Calibration on dev: {bins} bins of predicted P(positive); ECE: expected calibration error",
+        ylabel="share of the bin's sentences that are positive",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     counts.set(xlabel="mean predicted P(positive) in the bin", ylabel="sentences in the bin", yscale="log")
     for ax in (curve, counts):
         ax.grid(alpha=0.3)
@@ -270,10 +315,15 @@ def accuracy_by_length_figure(runs: list[Run]) -> Figure:
     first = table[table.run == labels[0]]
     # Counts under the buckets only when every run saw the same dev sentences.
     shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
-    ax.set_xticks(np.arange(len(first)), [f"{b}\n({n} sentences)" if shared else b
-                                          for b, n in zip(first.length_words, first.sentences, strict=True)])
-    ax.set(title="Dev accuracy by sentence length", xlabel="sentence length (words)",
-           ylabel="dev accuracy (fraction correct)")
+    ax.set_xticks(
+        np.arange(len(first)),
+        [f"{b}\n({n} sentences)" if shared else b for b, n in zip(first.length_words, first.sentences, strict=True)],
+    )
+    ax.set(
+        title="Dev accuracy by sentence length",
+        xlabel="sentence length (words)",
+        ylabel="dev accuracy (fraction correct)",
+    )
     ax.grid(alpha=0.3)
     _legend(fig, labels, colors)
     return fig
@@ -286,10 +336,16 @@ def token_length_histogram(splits: dict[str, Split], max_length: int = 512) -> F
     ax = fig.add_subplot()
     for (name, split), color in zip(splits.items(), _colors(len(splits)), strict=True):
         lengths, width = split.lengths, int(split.input_ids.shape[1])
-        ax.hist(lengths, bins=np.arange(lengths.min() - 0.5, lengths.max() + 1.5),
-                weights=np.full(len(lengths), 1 / len(lengths)), histtype="step", lw=1.5, color=color,
-                label=f"{name}: {len(split):,} rows, mean {lengths.mean():.1f} tokens "
-                      f"({lengths.mean() / max_length:.0%} of {max_length}), max {lengths.max()}")
+        ax.hist(
+            lengths,
+            bins=np.arange(lengths.min() - 0.5, lengths.max() + 1.5),
+            weights=np.full(len(lengths), 1 / len(lengths)),
+            histtype="step",
+            lw=1.5,
+            color=color,
+            label=f"{name}: {len(split):,} rows, mean {lengths.mean():.1f} tokens "
+            f"({lengths.mean() / max_length:.0%} of {max_length}), max {lengths.max()}",
+        )
         ax.axvline(width, color=color, ls="--", lw=1, label=f"{name}: stored width L = {width}")
     ax.axvline(max_length, color="black", ls=":", lw=1, label=f"FlagPerf's padded width {max_length}")
     # A log axis: real lengths (tens of tokens) stay readable beside the 512-token padded width.
@@ -297,22 +353,33 @@ def token_length_histogram(splits: dict[str, Split], max_length: int = 512) -> F
     ax.set_xscale("log")
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlim(0.9, max_length * 1.2)
-    ax.set(title="Token lengths per split: real tokens against the padded width",
-           xlabel="real tokens per sentence, special tokens included (log scale)", ylabel="share of the split's rows")
+    ax.set(
+        title="Token lengths per split: real tokens against the padded width",
+        xlabel="real tokens per sentence, special tokens included (log scale)",
+        ylabel="share of the split's rows",
+    )
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     return fig
 
 
 def figures(runs: list[Run], published: bool = True) -> dict[str, Figure]:
     """Every figure of the report, by file stem."""
-    return {"loss": loss_figure(runs), "accuracy": accuracy_figure(runs), "throughput": throughput_figure(runs),
-            "flagperf": flagperf_figure(runs, published), "confusion": confusion_figure(runs),
-            "calibration": calibration_figure(runs), "accuracy_by_length": accuracy_by_length_figure(runs)}
+    return {
+        "loss": loss_figure(runs),
+        "accuracy": accuracy_figure(runs),
+        "throughput": throughput_figure(runs),
+        "flagperf": flagperf_figure(runs, published),
+        "confusion": confusion_figure(runs),
+        "calibration": calibration_figure(runs),
+        "accuracy_by_length": accuracy_by_length_figure(runs),
+    }
 
 
 def save_figures(figs: dict[str, Figure], out_dir, dpi: int = DPI) -> list[Path]:
     """Each figure as ``<out_dir>/<name>.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [write_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=dpi))
-            for name, fig in figs.items()]
+    return [
+        write_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=dpi))
+        for name, fig in figs.items()
+    ]

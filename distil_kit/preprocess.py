@@ -1,4 +1,5 @@
 """Tokenize SST-2 with a model's own tokenizer and write FlagPerf's npz schema (plus a small metadata JSON)."""
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,12 @@ def tokenize(split: data.Split, tokenizer, padding: str = "longest", max_length:
     """The split with ``input_ids``/``attention_mask`` from ``tokenizer``: padded to ``max_length`` or to the
     split's longest row, truncated at ``max_length`` (as FlagPerf does)."""
     check_padding(padding, max_length)
-    enc = tokenizer(list(split.sentence), padding=padding, truncation=True, max_length=max_length,
-                    return_tensors="np")
-    return replace(split, input_ids=enc["input_ids"].astype(np.int64),
-                   attention_mask=enc["attention_mask"].astype(np.int64))
+    enc = tokenizer(
+        list(split.sentence), padding=padding, truncation=True, max_length=max_length, return_tensors="np"
+    )
+    return replace(
+        split, input_ids=enc["input_ids"].astype(np.int64), attention_mask=enc["attention_mask"].astype(np.int64)
+    )
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -79,8 +82,15 @@ def preprocess(source, tokenizer: str, out_dir, padding: str = "longest", max_le
         "vocab_sha256": vocab_sha256(tok),
         "padding": padding,
         "max_length": max_length,
-        "splits": {name: {"file": files[name].name, "rows": len(s), "L": int(s.input_ids.shape[1]),
-                          "sha256": file_sha256(files[name])} for name, s in splits.items()},
+        "splits": {
+            name: {
+                "file": files[name].name,
+                "rows": len(s),
+                "L": int(s.input_ids.shape[1]),
+                "sha256": file_sha256(files[name]),
+            }
+            for name, s in splits.items()
+        },
     }
     write_json_atomic(folder / METADATA_FILE, metadata)
     return Preprocessed(folder=folder, files=files, metadata=metadata, splits=splits)
@@ -92,13 +102,19 @@ def describe(splits: dict[str, data.Split]) -> pd.DataFrame:
     for name, s in splits.items():
         lengths = s.lengths
         width = s.input_ids.shape[1]
-        rows.append({
-            "split": name, "rows": len(s), "positive": int(s.label.sum()),
-            "positive_share": float(s.label.mean()), "mean_tokens": float(lengths.mean()),
-            "max_tokens": int(lengths.max()), "stored_L": width,
-            "padding_waste_at_L": 1 - float(lengths.sum()) / (len(s) * width),
-            "padding_waste_at_512": 1 - float(lengths.sum()) / (len(s) * 512),
-        })
+        rows.append(
+            {
+                "split": name,
+                "rows": len(s),
+                "positive": int(s.label.sum()),
+                "positive_share": float(s.label.mean()),
+                "mean_tokens": float(lengths.mean()),
+                "max_tokens": int(lengths.max()),
+                "stored_L": width,
+                "padding_waste_at_L": 1 - float(lengths.sum()) / (len(s) * width),
+                "padding_waste_at_512": 1 - float(lengths.sum()) / (len(s) * 512),
+            }
+        )
     return pd.DataFrame(rows).set_index("split")
 
 
@@ -107,4 +123,3 @@ def read_metadata(folder) -> dict:
     if not path.is_file():
         raise KitError(f"{path}: file not found; was this folder written by distil_kit.preprocess?")
     return json.loads(path.read_text())
-

@@ -5,6 +5,7 @@ and owns their one rule: the training clock runs through the steps that compile 
 apart in ``compile`` and subtracted from training time. ``RateWindow`` collects the losses and counts of the steps
 since the last steps.csv row. ``summary`` is a pure function of progress and times.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,11 +41,17 @@ class Progress:
     def from_state(cls, state: dict) -> Progress:
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
-    def record_eval(self, accuracy: float, eval_s: float, train_s: float, target: float | None,
-                    training: bool) -> dict:
+    def record_eval(
+        self, accuracy: float, eval_s: float, train_s: float, target: float | None, training: bool
+    ) -> dict:
         """An evals.csv row. Only evaluations inside the training loop (not the one before it) reach the target."""
-        row = {"epoch": self.epoch, "step": self.step, "accuracy": accuracy, "eval_s": round(eval_s, 4),
-               "train_s": round(train_s, 4)}
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "accuracy": accuracy,
+            "eval_s": round(eval_s, 4),
+            "train_s": round(train_s, 4),
+        }
         self.evals_rows.append(row)
         self.best_acc = max(self.best_acc, accuracy)
         reached = target is not None and accuracy >= target
@@ -61,10 +68,15 @@ class Progress:
         self.tokens += window.tokens
         self.compile_samples += window.compile_rows
         self.compile_tokens += window.compile_tokens
-        row = {"step": self.step, "epoch": self.epoch + 1, "loss": round(window.losses.mean().item(), 6), "lr": lr,
-               "samples_per_s": round((window.rows - window.compile_rows) / seconds, 2),
-               "tokens_per_s": round((window.tokens - window.compile_tokens) / seconds, 1),
-               "elapsed_s": round(now, 4)}
+        row = {
+            "step": self.step,
+            "epoch": self.epoch + 1,
+            "loss": round(window.losses.mean().item(), 6),
+            "lr": lr,
+            "samples_per_s": round((window.rows - window.compile_rows) / seconds, 2),
+            "tokens_per_s": round((window.tokens - window.compile_tokens) / seconds, 1),
+            "elapsed_s": round(now, 4),
+        }
         self.steps_rows.append(row)
         return row
 
@@ -102,8 +114,11 @@ class Clock:
 
     def times(self) -> dict:
         """The totals now: the training clock's running interval counted, ``e2e`` up to this moment."""
-        return {**self.totals, "train": self.train_seconds() + self.totals["compile"],
-                "e2e": self.totals["e2e_before"] + time.perf_counter() - self.started}
+        return {
+            **self.totals,
+            "train": self.train_seconds() + self.totals["compile"],
+            "e2e": self.totals["e2e_before"] + time.perf_counter() - self.started,
+        }
 
     def state_dict(self) -> dict:
         times = self.times()
@@ -147,18 +162,23 @@ class RateWindow:
     def reduce(self, world: distributed.World, stop_requested: bool) -> WindowTotals:
         """Sum over ranks in one collective, the stop request with it; the host sync of the losses."""
         losses = torch.stack([loss for _, loss in self.losses]).float()
-        extra = torch.tensor([self.rows, self.tokens, self.compile_rows, self.compile_tokens, float(stop_requested)],
-                             device=losses.device)
+        extra = torch.tensor(
+            [self.rows, self.tokens, self.compile_rows, self.compile_tokens, float(stop_requested)],
+            device=losses.device,
+        )
         packed = distributed.all_reduce_sum(torch.cat([losses, extra]), world).cpu()
         rows, tokens, compile_rows, compile_tokens = (int(v) for v in packed[-5:-1])
-        return WindowTotals(packed[:-5] / world.size, rows, tokens, compile_rows, compile_tokens, bool(packed[-1] > 0))
+        return WindowTotals(
+            packed[:-5] / world.size, rows, tokens, compile_rows, compile_tokens, bool(packed[-1] > 0)
+        )
 
     def step_of(self, index: int) -> int:
         return self.losses[index][0]
 
 
-def summary(progress: Progress, times: dict, *, global_batch_size: int, world_size: int,
-            peak_memory_gib: float) -> dict:
+def summary(
+    progress: Progress, times: dict, *, global_batch_size: int, world_size: int, peak_memory_gib: float
+) -> dict:
     """summary.json: FlagPerf's timers and throughputs, then the kit's own fields. ``times`` as ``Clock.times``.
 
     FlagPerf's three times nest: train_time (the training loop, evaluations included) holds train_no_eval_time,
@@ -176,14 +196,26 @@ def summary(progress: Progress, times: dict, *, global_batch_size: int, world_si
 
     tokens_per_s = (progress.tokens - progress.compile_tokens) / no_eval if no_eval > 0 else None
     return {
-        "e2e_time": round(times["e2e"], 3), "train_time": round(train, 3), "train_no_eval_time": round(no_eval, 3),
-        "pure_training_computing_time": round(pure, 3), "throughput(ips)_raw": rate(train),
-        "throughput(ips)_no_eval": rate(no_eval), "throughput(ips)_pure_compute": rate(pure),
-        "converged": progress.converged, "acc": progress.evals_rows[-1]["accuracy"], "best_acc": progress.best_acc,
-        "epochs_run": progress.epoch, "steps": progress.step, "time_to_target": progress.time_to_target,
-        "train_samples": progress.samples, "train_tokens": progress.tokens,
+        "e2e_time": round(times["e2e"], 3),
+        "train_time": round(train, 3),
+        "train_no_eval_time": round(no_eval, 3),
+        "pure_training_computing_time": round(pure, 3),
+        "throughput(ips)_raw": rate(train),
+        "throughput(ips)_no_eval": rate(no_eval),
+        "throughput(ips)_pure_compute": rate(pure),
+        "converged": progress.converged,
+        "acc": progress.evals_rows[-1]["accuracy"],
+        "best_acc": progress.best_acc,
+        "epochs_run": progress.epoch,
+        "steps": progress.step,
+        "time_to_target": progress.time_to_target,
+        "train_samples": progress.samples,
+        "train_tokens": progress.tokens,
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
-        "peak_memory_gib": round(peak_memory_gib, 3), "compile_time": round(times["compile"], 3),
-        "checkpoint_time": round(times["checkpoint"], 3), "global_batch_size": global_batch_size,
-        "world_size": world_size, "status": "finished",
+        "peak_memory_gib": round(peak_memory_gib, 3),
+        "compile_time": round(times["compile"], 3),
+        "checkpoint_time": round(times["checkpoint"], 3),
+        "global_batch_size": global_batch_size,
+        "world_size": world_size,
+        "status": "finished",
     }

@@ -1,5 +1,6 @@
 """FlagPerf's optimisation recipe: AdamW with no weight decay on biases and LayerNorm weights, and a linear
 learning-rate decay to zero with no warm-up over every optimizer step of the run."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,10 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")  # FlagPerf's no-we
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """FlagPerf's two AdamW groups: no weight decay on biases and LayerNorm weights."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
+    ]
 
 
 def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:
@@ -21,8 +24,9 @@ def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int
     return math.ceil(batches_per_epoch / accumulation) * epochs
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, *, fused: bool = False,
-                   capturable: bool = False) -> torch.optim.AdamW:
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, *, fused: bool = False, capturable: bool = False
+) -> torch.optim.AdamW:
     kernel = {"fused": True} if fused else {}
     return torch.optim.AdamW(optimizer_groups(model, weight_decay), lr=lr, capturable=capturable, **kernel)
 

@@ -1,5 +1,6 @@
 """The run folder (see docs/run-folder.md): preparing it, writing its files atomically, and ``Run``, the one
 reader of it (``find_runs`` resolves folders and glob patterns into runs)."""
+
 from __future__ import annotations
 
 import glob
@@ -28,8 +29,18 @@ CSV_COLUMNS = {"steps.csv": STEP_COLUMNS, "evals.csv": EVAL_COLUMNS, "prediction
 THROUGHPUTS = ("throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute")
 JSON_KEYS = {  # the keys the analysis reads, checked as each file is read; the engine writes more
     "config.json": ("model", "precision", "seed", "target_acc"),
-    "summary.json": ("acc", "best_acc", "converged", "epochs_run", "time_to_target", "e2e_time", *THROUGHPUTS,
-                     "peak_memory_gib", "global_batch_size", "world_size"),
+    "summary.json": (
+        "acc",
+        "best_acc",
+        "converged",
+        "epochs_run",
+        "time_to_target",
+        "e2e_time",
+        *THROUGHPUTS,
+        "peak_memory_gib",
+        "global_batch_size",
+        "world_size",
+    ),
     "manifest.json": ("device_name",),
 }
 
@@ -55,15 +66,21 @@ def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
     state = run_state(folder)
     if resume:
         if state != "unfinished":
-            raise KitError(f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run "
-                           f"with checkpoints)")
+            raise KitError(
+                f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run "
+                f"with checkpoints)"
+            )
         return state
     if state == "finished" and not overwrite:
-        raise KitError(f"output_dir {folder} already holds a finished run; pass overwrite: true to replace it, "
-                       f"or choose another output_dir")
+        raise KitError(
+            f"output_dir {folder} already holds a finished run; pass overwrite: true to replace it, "
+            f"or choose another output_dir"
+        )
     if state == "unfinished" and not overwrite:
-        raise KitError(f"output_dir {folder} holds an unfinished run; pass resume: true to continue it, or "
-                       f"overwrite: true to start over")
+        raise KitError(
+            f"output_dir {folder} holds an unfinished run; pass resume: true to continue it, or "
+            f"overwrite: true to start over"
+        )
     if state == "other":
         raise KitError(f"output_dir {folder} is not empty and holds no run; choose an empty or new folder")
     return state
@@ -96,8 +113,9 @@ def write_predictions(folder: Path, frame: pd.DataFrame) -> None:
 def git_commit() -> str | None:
     """The kit's git commit, when it runs from a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
@@ -110,17 +128,23 @@ def environment_manifest() -> dict:
 
     cuda = torch.cuda.is_available()
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "device_name": (torch.cuda.get_device_name() if cuda
-                        else f"CPU ({platform.processor() or platform.machine()})"),
+        "device_name": (
+            torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
+        ),
         "device_count": torch.cuda.device_count() if cuda else 1,
-        "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "git_commit": git_commit(),
-        "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": f"{platform.machine()}, {os.cpu_count()} cores",
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 # --- reading --------------------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path) -> dict:
     """A JSON object holding at least the keys readers rely on (``JSON_KEYS``)."""
@@ -164,8 +188,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _check_predictions(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """Catch an engine that wrote logits or class ids the analysis would silently misread."""
-    for column, ok in (("label", frame.label.isin((0, 1))), ("pred", frame.pred.isin((0, 1))),
-                       ("prob_pos", frame.prob_pos.between(0, 1))):
+    for column, ok in (
+        ("label", frame.label.isin((0, 1))),
+        ("pred", frame.pred.isin((0, 1))),
+        ("prob_pos", frame.prob_pos.between(0, 1)),
+    ):
         bad = np.flatnonzero(~ok)
         if bad.size:
             expected = "a probability in [0, 1]" if column == "prob_pos" else "0 or 1"
@@ -211,8 +238,9 @@ class Run:
     @cached_property
     def summary(self) -> dict:
         if run_state(self.folder) == "unfinished":
-            raise KitError(f"{self.folder / 'summary.json'}: file not found; the run is unfinished (resume it, "
-                           f"or leave it out)")
+            raise KitError(
+                f"{self.folder / 'summary.json'}: file not found; the run is unfinished (resume it, or leave it out)"
+            )
         return _read_json(self.folder / "summary.json")
 
     @cached_property

@@ -1,4 +1,5 @@
 """FlagPerf's published DistilBERT / SST-2 results, as data. None of these figures was measured by this kit."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,8 +13,17 @@ DEVICE = "NVIDIA A100-SXM4-40GB"
 PRECISION = "fp32"
 
 # Columns carry summary.json's names so published and measured rows line up key for key.
-COLUMNS = ("configuration", "fix_hp", "world_size", "e2e_time", "throughput(ips)_raw",
-           "throughput(ips)_no_eval", "throughput(ips)_pure_compute", "acc", "peak_memory_gib")
+COLUMNS = (
+    "configuration",
+    "fix_hp",
+    "world_size",
+    "e2e_time",
+    "throughput(ips)_raw",
+    "throughput(ips)_no_eval",
+    "throughput(ips)_pure_compute",
+    "acc",
+    "peak_memory_gib",
+)
 ROWS = (
     ("1 node x 8 GPUs", "", 8, 361.0, 1764.0, 1861.9, 1942.6, 0.915, 13.9),
     ("1 node x 8 GPUs", "bs=96", 8, 334.7, 2019.1, 2135.8, 2181.0, 0.908, 33.4),

@@ -1,5 +1,6 @@
 """A ``RunConfig`` resolved against the machine: the device, and every run-time default (model, output folder,
 precision, the fast switches) filled in, so that the run's config.json says exactly what ran."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,16 +40,22 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    graphs_fit = graphed_step.graphs_fit(device, world_size, cfg.gradient_accumulation_steps, precision,
-                                         cfg.num_workers)
+    graphs_fit = graphed_step.graphs_fit(
+        device, world_size, cfg.gradient_accumulation_steps, precision, cfg.num_workers
+    )
     resolved = cfg.replace(
-        model=model, output_dir=cfg.output_dir or records.default_output_dir(), precision=precision,
+        model=model,
+        output_dir=cfg.output_dir or records.default_output_dir(),
+        precision=precision,
         bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
-        cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit)
+        cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit,
+    )
     if resolved.cuda_graphs and not graphs_fit:
-        raise KitError(f"parameter 'cuda_graphs'=true: needs {graphed_step.REQUIREMENTS} (this run: device {device}, "
-                       f"{world_size} process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers "
-                       f"{cfg.num_workers}, precision {precision})")
+        raise KitError(
+            f"parameter 'cuda_graphs'=true: needs {graphed_step.REQUIREMENTS} (this run: device {device}, "
+            f"{world_size} process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers "
+            f"{cfg.num_workers}, precision {precision})"
+        )
     return resolved

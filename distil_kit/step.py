@@ -5,6 +5,7 @@ performs exactly that update, returning each micro-batch's loss (left on the dev
 are synchronised on the last micro-batch only), then the optimizer step, with the fp16 grad scaler where one is
 used. ``graphed_step.GraphedStep`` keeps the same contract with the whole step replayed as one CUDA graph.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -36,8 +37,15 @@ def batch_loss(model, amp, input_ids, attention_mask, labels, weight) -> torch.T
 class EagerStep:
     """``model`` is the model as trained (wrapped in DDP or torch.compile where the run uses them)."""
 
-    def __init__(self, model, optimizer: torch.optim.Optimizer, device: torch.device, amp,
-                 scaler: torch.amp.GradScaler | None = None, distributed: bool = False):
+    def __init__(
+        self,
+        model,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        amp,
+        scaler: torch.amp.GradScaler | None = None,
+        distributed: bool = False,
+    ):
         self.model, self.optimizer, self.device, self.scaler = model, optimizer, device, scaler
         self.loss = partial(batch_loss, model, amp)
         self.distributed = distributed
@@ -68,8 +76,9 @@ class EagerStep:
         return losses
 
 
-def make_step(train_model, model, optimizer, device: torch.device, precision: str, cuda_graphs: bool,
-              distributed: bool = False) -> EagerStep | GraphedStep:
+def make_step(
+    train_model, model, optimizer, device: torch.device, precision: str, cuda_graphs: bool, distributed: bool = False
+) -> EagerStep | GraphedStep:
     """The run's step, made after the scheduler: graphed where ``cuda_graphs`` (see ``graphed_step.graphs_fit``),
     eager otherwise. ``train_model`` runs forward (DDP, compiled); ``model`` holds the weights."""
     amp = partial(autocast, device, precision, cuda_graphs)

@@ -1,5 +1,6 @@
 """Clean stops: SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM set a flag the training loop reads after each
 step, so that it can checkpoint before stopping."""
+
 from __future__ import annotations
 
 import signal

@@ -1,4 +1,5 @@
 """Shared fixtures: the real SST-2 folder, the packaged MiniLM, a tiny random DistilBERT."""
+
 import os
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 
 Run folders are written here by ``write_run`` following docs/run-folder.md, with plausible values.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,51 +22,123 @@ TABLES = ("comparison", "seeds", "confidently_wrong", "accuracy_by_length")
 WORDS = "the a film movie is not good bad quite charming dull and but with its story acting funny".split()
 
 
-def write_run(folder: Path, *, model="distilbert-base-uncased", precision="fp32", batch=32, device="cpu",
-              seed=0, epochs=3, skill=0.9, speed=40.0, dev_rows=80) -> Path:
+def write_run(
+    folder: Path,
+    *,
+    model="distilbert-base-uncased",
+    precision="fp32",
+    batch=32,
+    device="cpu",
+    seed=0,
+    epochs=3,
+    skill=0.9,
+    speed=40.0,
+    dev_rows=80,
+) -> Path:
     """A finished run folder with the contract's files, columns and keys; values depend on ``seed``."""
     rng = np.random.default_rng(seed + 1000 * int(skill * 100) + batch)
     folder.mkdir(parents=True)
-    config = {"model": model, "data_dir": "data/sst2", "epochs": epochs, "train_batch_size": batch,
-              "gradient_accumulation_steps": 1, "precision": precision, "seed": seed, "target_acc": 0.91,
-              "fast": False, "bucket_batches": False, "compile": False, "output_dir": str(folder)}
+    config = {
+        "model": model,
+        "data_dir": "data/sst2",
+        "epochs": epochs,
+        "train_batch_size": batch,
+        "gradient_accumulation_steps": 1,
+        "precision": precision,
+        "seed": seed,
+        "target_acc": 0.91,
+        "fast": False,
+        "bucket_batches": False,
+        "compile": False,
+        "output_dir": str(folder),
+    }
     steps_per_epoch = 20
     step = np.arange(1, epochs * steps_per_epoch + 1, 2)
     samples_per_s = speed * (1 + 0.05 * rng.standard_normal(len(step)))
-    steps = pd.DataFrame({
-        "step": step, "epoch": step / steps_per_epoch,
-        "loss": 0.7 * np.exp(-step / 15) + 0.15 + 0.05 * rng.random(len(step)),
-        "lr": 5e-5 * (1 - step / (epochs * steps_per_epoch)),
-        "samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * 25,
-        "elapsed_s": step * batch / speed})
+    steps = pd.DataFrame(
+        {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "loss": 0.7 * np.exp(-step / 15) + 0.15 + 0.05 * rng.random(len(step)),
+            "lr": 5e-5 * (1 - step / (epochs * steps_per_epoch)),
+            "samples_per_s": samples_per_s,
+            "tokens_per_s": samples_per_s * 25,
+            "elapsed_s": step * batch / speed,
+        }
+    )
     accuracy = np.concatenate([[0.5], skill - 0.05 / np.arange(1, epochs + 1) + 0.01 * rng.standard_normal(epochs)])
     train_s = np.arange(epochs + 1) * steps_per_epoch * batch / speed * 1.05
-    evals = pd.DataFrame({"epoch": np.arange(epochs + 1), "step": np.arange(epochs + 1) * steps_per_epoch,
-                          "accuracy": accuracy, "eval_s": 2.0, "train_s": train_s})
+    evals = pd.DataFrame(
+        {
+            "epoch": np.arange(epochs + 1),
+            "step": np.arange(epochs + 1) * steps_per_epoch,
+            "accuracy": accuracy,
+            "eval_s": 2.0,
+            "train_s": train_s,
+        }
+    )
     label = rng.integers(0, 2, dev_rows)
-    prob_pos = np.clip(np.where(rng.random(dev_rows) < skill, label, 1 - label) * 0.8 + 0.1
-                       + 0.1 * rng.standard_normal(dev_rows), 0, 1)
+    prob_pos = np.clip(
+        np.where(rng.random(dev_rows) < skill, label, 1 - label) * 0.8 + 0.1 + 0.1 * rng.standard_normal(dev_rows),
+        0,
+        1,
+    )
     sentences = [" ".join(rng.choice(WORDS, rng.integers(2, 45))) for _ in range(dev_rows)]
-    predictions = pd.DataFrame({"idx": np.arange(dev_rows), "sentence": sentences, "label": label,
-                                "pred": (prob_pos >= 0.5).astype(int), "prob_pos": prob_pos})
+    predictions = pd.DataFrame(
+        {
+            "idx": np.arange(dev_rows),
+            "sentence": sentences,
+            "label": label,
+            "pred": (prob_pos >= 0.5).astype(int),
+            "prob_pos": prob_pos,
+        }
+    )
     reached = np.flatnonzero(accuracy >= config["target_acc"])
     e2e, train_time = train_s[-1] + 30, train_s[-1]
     samples = epochs * steps_per_epoch * batch
     summary = {
-        "e2e_time": e2e, "train_time": train_time, "train_no_eval_time": train_time * 0.95,
-        "pure_training_computing_time": train_time * 0.8, "throughput(ips)_raw": samples / train_time,
+        "e2e_time": e2e,
+        "train_time": train_time,
+        "train_no_eval_time": train_time * 0.95,
+        "pure_training_computing_time": train_time * 0.8,
+        "throughput(ips)_raw": samples / train_time,
         "throughput(ips)_no_eval": samples / (train_time * 0.95),
         "throughput(ips)_pure_compute": samples / (train_time * 0.8),
-        "converged": bool(reached.size), "acc": float(accuracy[-1]), "best_acc": float(accuracy.max()),
-        "epochs_run": epochs, "steps": int(step[-1]),
+        "converged": bool(reached.size),
+        "acc": float(accuracy[-1]),
+        "best_acc": float(accuracy.max()),
+        "epochs_run": epochs,
+        "steps": int(step[-1]),
         "time_to_target": float(train_s[reached[0]]) if reached.size else None,
-        "train_samples": samples, "train_tokens": samples * 25, "tokens_per_s": speed * 25,
-        "peak_memory_gib": 1.5 + batch / 32, "compile_time": 0.0, "global_batch_size": batch, "world_size": 1,
-        "status": "finished"}
-    manifest = {"python": "3.11", "torch": "2.13", "transformers": "5.0", "cuda": None, "device": "cpu",
-                "device_name": device, "device_count": 1, "cpu": "test cpu", "git_commit": "0" * 40,
-                "data_files": {}, "model_weights": {}, "vocab_sha256": "0" * 64, "seed": seed,
-                "command": "test", "world_size": 1, "nodes": 1, "backend": None, "created": "2025-01-01T00:00:00"}
+        "train_samples": samples,
+        "train_tokens": samples * 25,
+        "tokens_per_s": speed * 25,
+        "peak_memory_gib": 1.5 + batch / 32,
+        "compile_time": 0.0,
+        "global_batch_size": batch,
+        "world_size": 1,
+        "status": "finished",
+    }
+    manifest = {
+        "python": "3.11",
+        "torch": "2.13",
+        "transformers": "5.0",
+        "cuda": None,
+        "device": "cpu",
+        "device_name": device,
+        "device_count": 1,
+        "cpu": "test cpu",
+        "git_commit": "0" * 40,
+        "data_files": {},
+        "model_weights": {},
+        "vocab_sha256": "0" * 64,
+        "seed": seed,
+        "command": "test",
+        "world_size": 1,
+        "nodes": 1,
+        "backend": None,
+        "created": "2025-01-01T00:00:00",
+    }
     for name, obj in (("config.json", config), ("summary.json", summary), ("manifest.json", manifest)):
         (folder / name).write_text(json.dumps(obj, indent=2))
     for name, frame in (("steps.csv", steps), ("evals.csv", evals), ("predictions.csv", predictions)):
@@ -97,6 +170,7 @@ def figures(runs):
 
 
 # --- reading --------------------------------------------------------------------------------------------------
+
 
 def test_run_reads_the_contract(run_root):
     run = records.Run.read(run_root / "a-seed0")
@@ -152,16 +226,23 @@ def test_missing_file_is_named(tmp_path, name):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name, text, match", [
-    ("steps.csv", "step,epoch,loss\n1,0.1,0.7\n2,0.2,0.6,9,9\n", "malformed CSV"),
-    ("evals.csv", "epoch,step,accuracy,eval_s,train_s\n0,0,0.5,1,0\n1,20,high,1,10\n", "line 3: accuracy 'high'"),
-    ("predictions.csv", "idx,sentence,label\n0,good,1\n", "missing column"),
-    ("predictions.csv", "idx,sentence,label,pred,prob_pos\n0,good,1,1,3.2\n", "prob_pos 3.2 is not a probability"),
-    ("steps.csv", "", "malformed CSV"),
-    ("summary.json", '{"acc": 0.9,', "not valid JSON"),
-    ("manifest.json", "[1, 2]", "expected a JSON object"),
-    ("config.json", '{"model": "m"}', "missing key"),
-])
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("steps.csv", "step,epoch,loss\n1,0.1,0.7\n2,0.2,0.6,9,9\n", "malformed CSV"),
+        ("evals.csv", "epoch,step,accuracy,eval_s,train_s\n0,0,0.5,1,0\n1,20,high,1,10\n", "line 3: accuracy 'high'"),
+        ("predictions.csv", "idx,sentence,label\n0,good,1\n", "missing column"),
+        (
+            "predictions.csv",
+            "idx,sentence,label,pred,prob_pos\n0,good,1,1,3.2\n",
+            "prob_pos 3.2 is not a probability",
+        ),
+        ("steps.csv", "", "malformed CSV"),
+        ("summary.json", '{"acc": 0.9,', "not valid JSON"),
+        ("manifest.json", "[1, 2]", "expected a JSON object"),
+        ("config.json", '{"model": "m"}', "missing key"),
+    ],
+)
 def test_malformed_file_is_named(tmp_path, name, text, match):
     folder = write_run(tmp_path / "run")
     (folder / name).write_text(text)
@@ -171,6 +252,7 @@ def test_malformed_file_is_named(tmp_path, name, text, match):
 
 
 # --- tables ---------------------------------------------------------------------------------------------------
+
 
 def test_comparison_table_holds_summary_values_and_published_rows(runs):
     table = analysis.comparison_table(runs)
@@ -206,9 +288,15 @@ def test_seed_groups_mean_std_and_count(runs):
 
 
 def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs, tmp_path):
-    predictions = pd.DataFrame({"idx": [0, 1, 2, 3, 4], "sentence": ["a", "b", "c", "d", "e"],
-                                "label": [1, 0, 1, 0, 1], "pred": [0, 1, 1, 0, 0],
-                                "prob_pos": [0.3, 0.95, 0.99, 0.01, 0.1]})
+    predictions = pd.DataFrame(
+        {
+            "idx": [0, 1, 2, 3, 4],
+            "sentence": ["a", "b", "c", "d", "e"],
+            "label": [1, 0, 1, 0, 1],
+            "pred": [0, 1, 1, 0, 0],
+            "prob_pos": [0.3, 0.95, 0.99, 0.01, 0.1],
+        }
+    )
     predictions.to_csv(write_run(tmp_path / "fake") / "predictions.csv", index=False)
     fake = records.Run.read(tmp_path / "fake")
     top = analysis.confidently_wrong([fake], k=2)
@@ -228,6 +316,7 @@ def test_accuracy_by_length_buckets_every_sentence(runs):
 
 
 # --- figures --------------------------------------------------------------------------------------------------
+
 
 def _labelled(ax, axis: str) -> bool:
     """The axis has a label, or shares it with an axes that has one (stacked panels, a twin axis)."""
@@ -266,8 +355,13 @@ def test_token_length_histogram():
     mask = np.zeros((6, 12), dtype=np.int64)
     for row, n in enumerate([3, 5, 5, 8, 12, 2]):
         mask[row, :n] = 1
-    split = Split(idx=np.arange(6), sentence=np.array(["x"] * 6), label=np.zeros(6, dtype=np.int64),
-                  input_ids=mask.copy(), attention_mask=mask)
+    split = Split(
+        idx=np.arange(6),
+        sentence=np.array(["x"] * 6),
+        label=np.zeros(6, dtype=np.int64),
+        input_ids=mask.copy(),
+        attention_mask=mask,
+    )
     fig = plots.token_length_histogram({"train": split, "dev": split.head(3)})
     ax = fig.axes[0]
     assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
@@ -278,8 +372,11 @@ def test_token_length_histogram():
 
 def test_report_writes_every_figure_and_table(run_root, tmp_path):
     written = analysis.report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
-    assert {p.name for p in (tmp_path / "out").iterdir()} == set(written) == \
-        {f"{stem}.png" for stem in FIGURES} | {f"{stem}.csv" for stem in TABLES}
+    assert (
+        {p.name for p in (tmp_path / "out").iterdir()}
+        == set(written)
+        == {f"{stem}.png" for stem in FIGURES} | {f"{stem}.csv" for stem in TABLES}
+    )
     for stem in FIGURES:
         png = tmp_path / "out" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -291,14 +388,19 @@ def test_report_writes_every_figure_and_table(run_root, tmp_path):
 
 # --- the notebook ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     papermill = pytest.importorskip("papermill")
     out_dir = tmp_path / "analysis_out"
-    nb = papermill.execute_notebook(str(ROOT / "notebooks" / "analysis.ipynb"), str(tmp_path / "out.ipynb"),
-                                    parameters={"runs": [str(run_root / "a-seed0"), str(run_root / "b-bf16")],
-                                                "out_dir": str(out_dir)},
-                                    cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    nb = papermill.execute_notebook(
+        str(ROOT / "notebooks" / "analysis.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"runs": [str(run_root / "a-seed0"), str(run_root / "b-bf16")], "out_dir": str(out_dir)},
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(FIGURES)  # every figure shows inline
     for stem in FIGURES:
@@ -306,7 +408,8 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     comparison = pd.read_csv(out_dir / "comparison.csv")
     measured = comparison[comparison.source == "measured"]
     assert measured.final_acc.tolist() == pytest.approx(
-        [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")])
+        [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")]
+    )
 
 
 BENCH_SAMPLES = sorted((ROOT / "tests" / "fixtures").glob("bench-sample-*.csv"))  # two real `bench.py --tiny` runs

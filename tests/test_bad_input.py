@@ -5,6 +5,7 @@ a ``KitError`` whose message is one line holding the expected pieces, and (where
 a tree left exactly as it was: no run folder, no npz, no file touched. The NaN case is the one that fails after
 work started; it must keep the records so far instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ from distil_kit.preprocess import preprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
-TRAIN = ["a gripping , funny film", "dull and far too long", "the cast is wonderful", "i wanted my money back",
-         "a small gem", "flat , lifeless and forgettable", "smart and moving", "nothing works here"] * 2
+TRAIN = [
+    "a gripping , funny film",
+    "dull and far too long",
+    "the cast is wonderful",
+    "i wanted my money back",
+    "a small gem",
+    "flat , lifeless and forgettable",
+    "smart and moving",
+    "nothing works here",
+] * 2
 
 
 def _tsv(folder: Path, train: list[str] | None = None, dev: list[str] | None = None) -> Path:
@@ -48,8 +57,17 @@ class Kit:
         return self.good / "tsv"
 
     def config(self, **changes) -> dict:
-        return {"model": str(self.model), "data_dir": str(self.tsv), "output_dir": str(self.out), "epochs": 1,
-                "max_train_samples": 16, "train_batch_size": 4, "target_acc": None, "device": "cpu", **changes}
+        return {
+            "model": str(self.model),
+            "data_dir": str(self.tsv),
+            "output_dir": str(self.out),
+            "epochs": 1,
+            "max_train_samples": 16,
+            "train_batch_size": 4,
+            "target_acc": None,
+            "device": "cpu",
+            **changes,
+        }
 
     def finetune(self, **changes):
         return lambda: finetune(self.config(**changes))
@@ -92,59 +110,105 @@ class Kit:
 
 # case: (build the call from a Kit, pieces the message must hold)
 CASES = {
-    "missing data folder": (lambda k: k.finetune(data_dir=str(k.tmp / "no-such-data")),
-                            ["data folder", "no-such-data does not exist"]),
-    "TSV without header": (lambda k: k.finetune(data_dir=str(k.bad_tsv(train=["a fine film\t1"]))),
-                           ["bad-tsv/train.tsv: line 1: header is", "expected 'sentence<TAB>label'"]),
-    "label not 0/1": (lambda k: k.finetune(data_dir=str(k.bad_tsv(dev=["sentence\tlabel", "fine\t1", "bad\t2"]))),
-                      ["bad-tsv/dev.tsv: line 3: label 2 is not 0 or 1"]),
-    "empty sentence": (lambda k: k.finetune(data_dir=str(k.bad_tsv(train=["sentence\tlabel", "fine\t1", " \t0"]))),
-                       ["bad-tsv/train.tsv: line 3: empty sentence"]),
-    "npz missing a key": (lambda k: k.finetune(data_dir=str(k.bad_npz("train", attention_mask=None))),
-                          ["train_dataset.npz: missing key(s) attention_mask; expected idx, sentence, label, "
-                           "input_ids, attention_mask"]),
-    "npz mismatched shapes": (lambda k: k.finetune(data_dir=str(k.bad_npz("dev", input_ids=k.ids("dev")[:-1]))),
-                              ["eval_dataset.npz: 'input_ids' (7,", "must both be"]),
-    "npz id beyond the vocabulary": (lambda k: k.finetune(data_dir=str(k.bad_npz("train",
-                                                                                  input_ids=k.ids("train", 40000)))),
-                                     ["train_dataset.npz: row 0: token id 40000 is outside the tokenizer's vocabulary "
-                                      "of 30522"]),
-    "tokenizer path missing": (lambda k: lambda: preprocess(k.tsv, str(k.tmp / "no-such-tokenizer"), k.tmp / "pre"),
-                               ["tokenizer folder", "no-such-tokenizer does not exist"]),
-    "model folder missing": (lambda k: k.finetune(model=str(k.tmp / "no-such-model")),
-                             ["model folder", "no-such-model does not exist"]),
-    "model folder without weights": (lambda k: k.finetune(model=str(k.model_without("model.safetensors"))),
-                                     ["model folder", "has no weights (expected one of model.safetensors"]),
-    "model folder without config": (lambda k: k.finetune(model=str(k.model_without("config.json"))),
-                                    ["model folder", "has no config.json"]),
-    "batch size 0": (lambda k: k.finetune(train_batch_size=0),
-                     ["parameter 'train_batch_size'=0: expected a whole number > 0"]),
+    "missing data folder": (
+        lambda k: k.finetune(data_dir=str(k.tmp / "no-such-data")),
+        ["data folder", "no-such-data does not exist"],
+    ),
+    "TSV without header": (
+        lambda k: k.finetune(data_dir=str(k.bad_tsv(train=["a fine film\t1"]))),
+        ["bad-tsv/train.tsv: line 1: header is", "expected 'sentence<TAB>label'"],
+    ),
+    "label not 0/1": (
+        lambda k: k.finetune(data_dir=str(k.bad_tsv(dev=["sentence\tlabel", "fine\t1", "bad\t2"]))),
+        ["bad-tsv/dev.tsv: line 3: label 2 is not 0 or 1"],
+    ),
+    "empty sentence": (
+        lambda k: k.finetune(data_dir=str(k.bad_tsv(train=["sentence\tlabel", "fine\t1", " \t0"]))),
+        ["bad-tsv/train.tsv: line 3: empty sentence"],
+    ),
+    "npz missing a key": (
+        lambda k: k.finetune(data_dir=str(k.bad_npz("train", attention_mask=None))),
+        [
+            "train_dataset.npz: missing key(s) attention_mask; expected idx, sentence, label, "
+            "input_ids, attention_mask"
+        ],
+    ),
+    "npz mismatched shapes": (
+        lambda k: k.finetune(data_dir=str(k.bad_npz("dev", input_ids=k.ids("dev")[:-1]))),
+        ["eval_dataset.npz: 'input_ids' (7,", "must both be"],
+    ),
+    "npz id beyond the vocabulary": (
+        lambda k: k.finetune(data_dir=str(k.bad_npz("train", input_ids=k.ids("train", 40000)))),
+        ["train_dataset.npz: row 0: token id 40000 is outside the tokenizer's vocabulary of 30522"],
+    ),
+    "tokenizer path missing": (
+        lambda k: lambda: preprocess(k.tsv, str(k.tmp / "no-such-tokenizer"), k.tmp / "pre"),
+        ["tokenizer folder", "no-such-tokenizer does not exist"],
+    ),
+    "model folder missing": (
+        lambda k: k.finetune(model=str(k.tmp / "no-such-model")),
+        ["model folder", "no-such-model does not exist"],
+    ),
+    "model folder without weights": (
+        lambda k: k.finetune(model=str(k.model_without("model.safetensors"))),
+        ["model folder", "has no weights (expected one of model.safetensors"],
+    ),
+    "model folder without config": (
+        lambda k: k.finetune(model=str(k.model_without("config.json"))),
+        ["model folder", "has no config.json"],
+    ),
+    "batch size 0": (
+        lambda k: k.finetune(train_batch_size=0),
+        ["parameter 'train_batch_size'=0: expected a whole number > 0"],
+    ),
     "lr 0": (lambda k: k.finetune(lr=0), ["parameter 'lr'=0.0: expected a number > 0"]),
     "epochs -1": (lambda k: k.finetune(epochs=-1), ["parameter 'epochs'=-1: expected a whole number > 0"]),
-    "unknown precision": (lambda k: k.finetune(precision="fp8"),
-                          ["parameter 'precision'='fp8': expected one of fp32, tf32, bf16, fp16"]),
-    "device cuda without a GPU": (lambda k: k.finetune(device="cuda"),
-                                  ["parameter 'device'='cuda': no CUDA GPU is visible"]),
+    "unknown precision": (
+        lambda k: k.finetune(precision="fp8"),
+        ["parameter 'precision'='fp8': expected one of fp32, tf32, bf16, fp16"],
+    ),
+    "device cuda without a GPU": (
+        lambda k: k.finetune(device="cuda"),
+        ["parameter 'device'='cuda': no CUDA GPU is visible"],
+    ),
     "unknown parameter": (lambda k: k.finetune(learning_rate=1e-4), ["unknown parameter 'learning_rate'"]),
     "wrong type": (lambda k: k.finetune(epochs="two"), ["parameter 'epochs': expected a whole number, got 'two'"]),
-    "missing parameter file": (lambda k: lambda: load_config(k.tmp / "no-such-params.yaml"),
-                               ["no-such-params.yaml: parameter file not found"]),
-    "output_dir with a finished run": (lambda k: (k.run_folder("summary.json"), k.finetune())[1],
-                                       ["run already holds a finished run; pass overwrite: true"]),
-    "output_dir with an unfinished run": (lambda k: (k.run_folder("steps.csv"), k.finetune())[1],
-                                          ["run holds an unfinished run; pass resume: true", "or overwrite: true"]),
-    "output_dir holding something else": (lambda k: ((k.out / "notes").mkdir(parents=True), k.finetune())[1],
-                                          ["run is not empty and holds no run"]),
-    "resume with nothing to resume": (lambda k: k.finetune(resume=True),
-                                      ["resume: output_dir", "run holds no run to resume"]),
-    "resume a finished run": (lambda k: (k.run_folder("summary.json"), k.finetune(resume=True))[1],
-                              ["run: nothing to resume (it is finished"]),
-    "resume without a checkpoint": (lambda k: (k.run_folder(), k.finetune(resume=True))[1],
-                                    ["run/checkpoints: no checkpoint to resume from", "overwrite: true"]),
-    "corrupted checkpoint": (lambda k: (k.run_folder("checkpoints/step-5.pt"), k.finetune(resume=True))[1],
-                             ["run/checkpoints: no readable checkpoint (tried step-5.pt (", "overwrite: true"]),
-    "NaN loss": (lambda k: k.finetune(lr=1e30, log_every=1),
-                 ["loss became nan at step 2 (epoch 1); training stopped, records so far are in", "/run"]),
+    "missing parameter file": (
+        lambda k: lambda: load_config(k.tmp / "no-such-params.yaml"),
+        ["no-such-params.yaml: parameter file not found"],
+    ),
+    "output_dir with a finished run": (
+        lambda k: (k.run_folder("summary.json"), k.finetune())[1],
+        ["run already holds a finished run; pass overwrite: true"],
+    ),
+    "output_dir with an unfinished run": (
+        lambda k: (k.run_folder("steps.csv"), k.finetune())[1],
+        ["run holds an unfinished run; pass resume: true", "or overwrite: true"],
+    ),
+    "output_dir holding something else": (
+        lambda k: ((k.out / "notes").mkdir(parents=True), k.finetune())[1],
+        ["run is not empty and holds no run"],
+    ),
+    "resume with nothing to resume": (
+        lambda k: k.finetune(resume=True),
+        ["resume: output_dir", "run holds no run to resume"],
+    ),
+    "resume a finished run": (
+        lambda k: (k.run_folder("summary.json"), k.finetune(resume=True))[1],
+        ["run: nothing to resume (it is finished"],
+    ),
+    "resume without a checkpoint": (
+        lambda k: (k.run_folder(), k.finetune(resume=True))[1],
+        ["run/checkpoints: no checkpoint to resume from", "overwrite: true"],
+    ),
+    "corrupted checkpoint": (
+        lambda k: (k.run_folder("checkpoints/step-5.pt"), k.finetune(resume=True))[1],
+        ["run/checkpoints: no readable checkpoint (tried step-5.pt (", "overwrite: true"],
+    ),
+    "NaN loss": (
+        lambda k: k.finetune(lr=1e30, log_every=1),
+        ["loss became nan at step 2 (epoch 1); training stopped, records so far are in", "/run"],
+    ),
 }
 
 
@@ -185,11 +249,17 @@ def test_bad_input_one_line_error_and_nothing_left(case, good, tiny_model, tmp_p
         assert _tree(tmp_path) == before, "the failed call left or changed files"
 
 
-@pytest.mark.parametrize("args, pieces", [
-    (["--set", "learning_rate=0.1"], ["unknown parameter 'learning_rate'"]),
-    (["--set", "data_dir=/no/such/data"], ["data folder /no/such/data does not exist"]),
-    (["--resume", "--set", "output_dir=/no/such/run"], ["resume: output_dir /no/such/run holds no run to resume"]),
-])
+@pytest.mark.parametrize(
+    "args, pieces",
+    [
+        (["--set", "learning_rate=0.1"], ["unknown parameter 'learning_rate'"]),
+        (["--set", "data_dir=/no/such/data"], ["data folder /no/such/data does not exist"]),
+        (
+            ["--resume", "--set", "output_dir=/no/such/run"],
+            ["resume: output_dir /no/such/run holds no run to resume"],
+        ),
+    ],
+)
 def test_cli_prints_one_error_line_and_exits_2(args, pieces, capsys):
     assert cli.main(["finetune", *args]) == 2
     out, err = capsys.readouterr()

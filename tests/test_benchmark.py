@@ -3,6 +3,7 @@ pairs plain and fast runs per seed; measure.py's memory and CPU-time readings; t
 
 Nothing here reads the recorded results' CSVs: the CSV schema is checked against tests/fixtures/bench-sample-1.csv.
 """
+
 import importlib.util
 import re
 import subprocess
@@ -31,9 +32,26 @@ def _measure():
 def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
     started = time.perf_counter()
     # one thread: a CI runner's other jobs slow a 1-thread run far less than torch's one-thread-per-core default
-    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--threads", "1",
-                           "--data", str(sst2_dir), "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--data",
+            str(sst2_dir),
+            "--tokenizer",
+            str(minilm_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
     assert seconds < 60, f"--tiny took {seconds:.0f} s; it must stay a CI smoke run"
@@ -58,19 +76,57 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
 
 
 def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
-    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--variants", "a,e", "--data", str(sst2_dir),
-                           "--tokenizer", str(minilm_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--variants",
+            "a,e",
+            "--data",
+            str(sst2_dir),
+            "--tokenizer",
+            str(minilm_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--variants" in done.stderr
     assert not list(tmp_path.glob("*.csv"))
 
 
 @pytest.mark.slow
 def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, tiny_model):
-    done = subprocess.run([sys.executable, str(GUARD), "--seeds", "0,1", "--model", str(tiny_model), "--rows", "64",
-                           "--dev-rows", "64", "--device", "cpu", "--threads", "1", "--tolerance", "100",
-                           "--data", str(sst2_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(GUARD),
+            "--seeds",
+            "0,1",
+            "--model",
+            str(tiny_model),
+            "--rows",
+            "64",
+            "--dev-rows",
+            "64",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--tolerance",
+            "100",
+            "--data",
+            str(sst2_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [csv] = list(tmp_path.glob("accuracy-guard-cpu-*.csv"))
     frame = pd.read_csv(csv)
@@ -85,25 +141,67 @@ def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, t
 
 
 def test_accuracy_guard_refuses_repeated_seeds(tmp_path, sst2_dir, tiny_model):
-    done = subprocess.run([sys.executable, str(GUARD), "--seeds", "0,0", "--model", str(tiny_model),
-                           "--data", str(sst2_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(GUARD),
+            "--seeds",
+            "0,0",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(sst2_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "--seeds" in done.stderr and "repeat" in done.stderr
     assert not list(tmp_path.glob("*.csv"))
 
 
 def test_fast_set_cannot_change_what_every_variant_shares(tmp_path, sst2_dir, tiny_model):
-    done = subprocess.run([sys.executable, str(GUARD), "--fast-set", "seed=3", "--model", str(tiny_model),
-                           "--data", str(sst2_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(GUARD),
+            "--fast-set",
+            "seed=3",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(sst2_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "--fast-set seed" in done.stderr
     assert not list(tmp_path.glob("*.csv"))
 
 
 def test_bad_fast_set_value_fails_before_any_run(tmp_path, sst2_dir, tiny_model):
-    done = subprocess.run([sys.executable, str(GUARD), "--fast-set", "precision=bf17", "--model", str(tiny_model),
-                           "--data", str(sst2_dir), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(GUARD),
+            "--fast-set",
+            "precision=bf17",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(sst2_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "--fast-set" in done.stderr and "precision" in done.stderr
     assert "accuracy guard:" not in done.stdout  # refused before the data slice is written
     assert not list(tmp_path.glob("*.csv"))

@@ -1,4 +1,5 @@
 """Data pipeline: every SST-2 source, both paddings, FlagPerf npz compatibility, trimming, bad input."""
+
 import json
 import subprocess
 import sys
@@ -59,8 +60,13 @@ def test_preprocess_longest_matches_tokenizer(small_tsv, minilm_dir, tokenizer, 
     assert meta["vocab_sha256"] == vocab_sha256(tokenizer)
     # np.load without allow_pickle must work (FlagPerf's users load it that way) and dtypes match the schema.
     with np.load(result.files["train"]) as z:
-        assert {k: z[k].dtype.kind for k in data.NPZ_KEYS} == {"idx": "i", "sentence": "U", "label": "i",
-                                                               "input_ids": "i", "attention_mask": "i"}
+        assert {k: z[k].dtype.kind for k in data.NPZ_KEYS} == {
+            "idx": "i",
+            "sentence": "U",
+            "label": "i",
+            "input_ids": "i",
+            "attention_mask": "i",
+        }
         assert z["input_ids"].dtype == np.int64
 
 
@@ -76,12 +82,19 @@ def _flagperf_style_folder(folder, splits, tokenizer):
 
     (folder / "dataset").mkdir(parents=True)
     for name, split in splits.items():
-        ds = datasets.Dataset.from_dict({"sentence": list(split.sentence), "label": split.label.tolist(),
-                                         "idx": split.idx.tolist()})
+        ds = datasets.Dataset.from_dict(
+            {"sentence": list(split.sentence), "label": split.label.tolist(), "idx": split.idx.tolist()}
+        )
         ds = ds.map(lambda b: tokenizer(b["sentence"], padding="max_length", truncation=True), batched=True)
         ds = ds.with_format("numpy")
-        np.savez(folder / "dataset" / data.NPZ_FILES[name], idx=ds["idx"], sentence=ds["sentence"],
-                 label=ds["label"], input_ids=ds["input_ids"], attention_mask=ds["attention_mask"])
+        np.savez(
+            folder / "dataset" / data.NPZ_FILES[name],
+            idx=ds["idx"],
+            sentence=ds["sentence"],
+            label=ds["label"],
+            input_ids=ds["input_ids"],
+            attention_mask=ds["attention_mask"],
+        )
     return folder
 
 
@@ -126,9 +139,12 @@ def test_epoch_batches_cover_every_row_once_in_seeded_order(bucketed):
 def test_hub_source_through_datasets(monkeypatch):
     import datasets
 
-    fake = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"idx": [0, 1], "sentence": ["good ", "bad "], "label": [1, 0]}),
-        "validation": datasets.Dataset.from_dict({"idx": [0], "sentence": ["fine "], "label": [1]})})
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"idx": [0, 1], "sentence": ["good ", "bad "], "label": [1, 0]}),
+            "validation": datasets.Dataset.from_dict({"idx": [0], "sentence": ["fine "], "label": [1]}),
+        }
+    )
     monkeypatch.setattr(hub, "reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", lambda name: fake if name == data.HUB_DATASET else None)
     splits = data.load_sst2("hub")
@@ -143,6 +159,7 @@ def test_hub_offline_fails_at_once_naming_local_options(monkeypatch):
 
 # --- bad input: one line, naming the file/row/parameter, nothing left in out ---------------------------------
 
+
 def _write(folder, name, text):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
@@ -155,8 +172,13 @@ def _tsv_folder(tmp_path, train):
 
 
 def _npz_folder(tmp_path, **changes):
-    arrays = dict(idx=np.arange(2), sentence=np.array(["a ", "b "]), label=np.array([0, 1]),
-                  input_ids=np.array([[101, 102, 0], [101, 7592, 102]]), attention_mask=np.array([[1, 1, 0], [1, 1, 1]]))
+    arrays = dict(
+        idx=np.arange(2),
+        sentence=np.array(["a ", "b "]),
+        label=np.array([0, 1]),
+        input_ids=np.array([[101, 102, 0], [101, 7592, 102]]),
+        attention_mask=np.array([[1, 1, 0], [1, 1, 1]]),
+    )
     arrays.update(changes)
     arrays = {k: v for k, v in arrays.items() if v is not None}
     folder = tmp_path / "src" / "dataset"
@@ -169,18 +191,47 @@ def _npz_folder(tmp_path, **changes):
 BAD_SOURCES = {
     "missing folder": (lambda t: t / "nope", r"data folder .*nope does not exist"),
     "folder without files": (lambda t: _write(t / "src", "other.txt", ""), r"holds neither train.tsv"),
-    "missing dev.tsv": (lambda t: _write(t / "src", "train.tsv", "sentence\tlabel\nok \t1\n"), r"dev.tsv: file not found"),
-    "no header": (lambda t: _tsv_folder(t, "nice film \t1\n"), r"train.tsv: line 1: header .* expected 'sentence<TAB>label'"),
-    "label 2": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\nbad \t2\n"), r"train.tsv: line 3: label 2 is not 0 or 1"),
-    "label text": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \tpos\n"), r"train.tsv: line 2: label 'pos' is not 0 or 1"),
-    "empty sentence": (lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\n  \t0\n"), r"train.tsv: line 3: empty sentence"),
-    "npz missing key": (lambda t: _npz_folder(t, attention_mask=None), r"train_dataset.npz: missing key\(s\) attention_mask"),
-    "npz shapes": (lambda t: _npz_folder(t, attention_mask=np.ones((2, 4), int)), r"train_dataset.npz: 'input_ids' \(2, 3\) and 'attention_mask' \(2, 4\)"),
+    "missing dev.tsv": (
+        lambda t: _write(t / "src", "train.tsv", "sentence\tlabel\nok \t1\n"),
+        r"dev.tsv: file not found",
+    ),
+    "no header": (
+        lambda t: _tsv_folder(t, "nice film \t1\n"),
+        r"train.tsv: line 1: header .* expected 'sentence<TAB>label'",
+    ),
+    "label 2": (
+        lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\nbad \t2\n"),
+        r"train.tsv: line 3: label 2 is not 0 or 1",
+    ),
+    "label text": (
+        lambda t: _tsv_folder(t, "sentence\tlabel\nok \tpos\n"),
+        r"train.tsv: line 2: label 'pos' is not 0 or 1",
+    ),
+    "empty sentence": (
+        lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\n  \t0\n"),
+        r"train.tsv: line 3: empty sentence",
+    ),
+    "npz missing key": (
+        lambda t: _npz_folder(t, attention_mask=None),
+        r"train_dataset.npz: missing key\(s\) attention_mask",
+    ),
+    "npz shapes": (
+        lambda t: _npz_folder(t, attention_mask=np.ones((2, 4), int)),
+        r"train_dataset.npz: 'input_ids' \(2, 3\) and 'attention_mask' \(2, 4\)",
+    ),
     "npz label": (lambda t: _npz_folder(t, label=np.array([0, 5])), r"train_dataset.npz: row 1: label 5"),
-    "npz id beyond vocab": (lambda t: _npz_folder(t, input_ids=np.array([[101, 102, 0], [101, 99999, 102]])),
-                            r"train_dataset.npz: row 1: token id 99999 is outside the tokenizer's vocabulary"),
-    "npz left padding": (lambda t: _npz_folder(t, attention_mask=np.array([[0, 1, 1], [1, 1, 1]])), r"row 0: attention_mask is not"),
-    "npz object sentences": (lambda t: _npz_folder(t, sentence=np.array(["a ", "b "], dtype=object)), r"'sentence' must be a numpy unicode array"),
+    "npz id beyond vocab": (
+        lambda t: _npz_folder(t, input_ids=np.array([[101, 102, 0], [101, 99999, 102]])),
+        r"train_dataset.npz: row 1: token id 99999 is outside the tokenizer's vocabulary",
+    ),
+    "npz left padding": (
+        lambda t: _npz_folder(t, attention_mask=np.array([[0, 1, 1], [1, 1, 1]])),
+        r"row 0: attention_mask is not",
+    ),
+    "npz object sentences": (
+        lambda t: _npz_folder(t, sentence=np.array(["a ", "b "], dtype=object)),
+        r"'sentence' must be a numpy unicode array",
+    ),
 }
 
 
@@ -208,8 +259,9 @@ def test_unwritable_output(tmp_path, small_tsv, minilm_dir):
         preprocess(small_tsv, str(minilm_dir), blocker)
 
 
-@pytest.mark.parametrize("padding, max_length, pattern", [("short", 512, "padding='short'"),
-                                                          ("longest", 0, "max_length=0")])
+@pytest.mark.parametrize(
+    "padding, max_length, pattern", [("short", 512, "padding='short'"), ("longest", 0, "max_length=0")]
+)
 def test_bad_padding_parameters(small_tsv, minilm_dir, tmp_path, padding, max_length, pattern):
     with pytest.raises(KitError, match=pattern):
         preprocess(small_tsv, str(minilm_dir), tmp_path / "out", padding=padding, max_length=max_length)
@@ -219,12 +271,40 @@ def test_bad_padding_parameters(small_tsv, minilm_dir, tmp_path, padding, max_le
 def test_cli_preprocess_full_sst2(sst2_dir, minilm_dir, tmp_path):
     """The issue's command: all 67,349 + 872 rows in FlagPerf's schema."""
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, "-m", "distil_kit", "preprocess", "--source", str(sst2_dir),
-                           "--tokenizer", str(minilm_dir), "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil_kit",
+            "preprocess",
+            "--source",
+            str(sst2_dir),
+            "--tokenizer",
+            str(minilm_dir),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "dataset" / "preprocess.json").read_text())
     assert meta["splits"]["train"]["rows"] == 67_349 and meta["splits"]["dev"]["rows"] == 872
     assert meta["splits"]["train"]["L"] == 66  # the longest training sentence, in tokens
-    bad = subprocess.run([sys.executable, "-m", "distil_kit", "preprocess", "--source", str(tmp_path / "nope"),
-                          "--tokenizer", str(minilm_dir), "--out", str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil_kit",
+            "preprocess",
+            "--source",
+            str(tmp_path / "nope"),
+            "--tokenizer",
+            str(minilm_dir),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr

@@ -7,6 +7,7 @@ every file write, the ``no_sync`` contexts entered and the final weights.
 torchrun runs with ``--standalone`` (a c10d rendezvous on 127.0.0.1 and a free port it picks itself), so no port
 is guessed and no host name resolved; ``--redirects 3 --log-dir`` keeps each rank's stdout/stderr apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,15 @@ BATCH = 4  # per process; the one-process run uses 2 * BATCH
 
 # --- the sampler and the evaluation split, every rank at once (no processes) --------------------------------
 
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("bucketed", [False, True])
 def test_epoch_batches_cover_each_row_once_per_epoch(world_size, bucketed):
     lengths = np.random.default_rng(0).integers(3, 60, size=103)
-    ranks = [EpochBatches(lengths, 4, seed=7, bucketed=bucketed, rank=r, world_size=world_size, chunk_batches=3)
-             for r in range(world_size)]
+    ranks = [
+        EpochBatches(lengths, 4, seed=7, bucketed=bucketed, rank=r, world_size=world_size, chunk_batches=3)
+        for r in range(world_size)
+    ]
     orders = []
     for epoch in range(3):
         per_rank = []
@@ -54,8 +58,10 @@ def test_epoch_batches_cover_each_row_once_per_epoch(world_size, bucketed):
         assert len({len(batches) for batches in per_rank}) == 1, "every rank must run the same number of steps"
         real = [row for batches in per_rank for batch in batches for row, weight in batch if weight > 0]
         assert sorted(real) == list(range(len(lengths)))
-        for step in zip(*per_rank):  # each real row of a global batch weighs world size / its rows (DDP divides
-            weights = [w for batch in step for _, w in batch if w > 0]  # by the world size: a mean over the batch)
+        # Each real row of a global batch weighs world size / its rows (DDP divides by the world size: a mean over
+        # the batch).
+        for step in zip(*per_rank, strict=True):
+            weights = [w for batch in step for _, w in batch if w > 0]
             assert weights == pytest.approx([world_size / len(weights)] * len(weights))
         orders.append(real)
         ranks[0].set_epoch(epoch, skip=5)  # resuming mid-epoch yields the rest of the same epoch
@@ -72,18 +78,31 @@ def test_eval_batches_score_each_dev_row_once(world_size):
 
 # --- real runs under torchrun ----------------------------------------------------------------------------------
 
+
 def _torchrun(nproc: int, mode: str, out: Path, config: dict) -> dict[int, str]:
     """Run this file's harness under torchrun; returns each rank's stdout + stderr."""
     proc, per_rank = _launch(nproc, out, [__file__, mode, str(out), json.dumps(config)])
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stderr[-3000:]}\n" + "\n".join(
-        f"--- rank {r} ---\n{text[-3000:]}" for r, text in per_rank.items())
+        f"--- rank {r} ---\n{text[-3000:]}" for r, text in per_rank.items()
+    )
     return per_rank
 
 
 def _launch(nproc: int, out: Path, target: list[str]) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
     logs = out / "logs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--log-dir", str(logs), "--redirects", "3", *target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "3",
+        *target,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     per_rank = {}
     for rank in range(nproc):
@@ -93,9 +112,20 @@ def _launch(nproc: int, out: Path, target: list[str]) -> tuple[subprocess.Comple
 
 
 def _train_config(model: Path, data: Path, out: Path, batch: int) -> dict:
-    return dict(model=str(model), data_dir=str(data), output_dir=str(out), epochs=2, max_train_samples=ROWS,
-                train_batch_size=batch, gradient_accumulation_steps=2, eval_batch_size=256, log_every=1,
-                checkpoint_every=7, target_acc=None, device="cpu")
+    return dict(
+        model=str(model),
+        data_dir=str(data),
+        output_dir=str(out),
+        epochs=2,
+        max_train_samples=ROWS,
+        train_batch_size=batch,
+        gradient_accumulation_steps=2,
+        eval_batch_size=256,
+        log_every=1,
+        checkpoint_every=7,
+        target_acc=None,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +133,9 @@ def still_model(tmp_path_factory, tiny_model) -> Path:
     """The tiny model without dropout: one process and two then differ only by the order of float sums."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, dropout=0.0, attention_dropout=0.0,
-                                                               seq_classif_dropout=0.0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0
+    )
     folder = tmp_path_factory.mktemp("still-model")
     model.save_pretrained(folder)
     for f in Path(tiny_model).glob("*"):
@@ -153,8 +184,11 @@ def test_ddp_run_folder_written_once_by_rank_0(ddp_run):
         assert names.count(name) == 1, name
     run = ddp_run["run"]
     assert run.finished
-    assert {k: run.manifest[k] for k in ("world_size", "nodes", "backend")} == \
-        {"world_size": 2, "nodes": 1, "backend": "gloo"}
+    assert {k: run.manifest[k] for k in ("world_size", "nodes", "backend")} == {
+        "world_size": 2,
+        "nodes": 1,
+        "backend": "gloo",
+    }
     assert run.summary["world_size"] == 2
     assert run.summary["global_batch_size"] == 2 * BATCH * 2
     assert run.summary["train_samples"] == 2 * ROWS  # global: both ranks' rows, each row once per epoch
@@ -211,8 +245,11 @@ def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
     run = Path(shutil.copytree(ddp_run["run"].folder, tmp_path / "run"))
     (run / "summary.json").unlink()
     before = sorted(p.name for p in run.rglob("*"))
-    with pytest.raises(KitError, match=r"step-38.pt was written by 2 process\(es\), this run has 1; resume with "
-                                       r"the same number of processes \(torchrun --nproc_per_node\)$"):
+    with pytest.raises(
+        KitError,
+        match=r"step-38.pt was written by 2 process\(es\), this run has 1; resume with "
+        r"the same number of processes \(torchrun --nproc_per_node\)$",
+    ):
         engine.finetune(output_dir=str(run), resume=True)
     assert sorted(p.name for p in run.rglob("*")) == before
 
@@ -245,8 +282,14 @@ def varied_model(tmp_path_factory, tiny_model) -> Path:
 
 @pytest.mark.parametrize("nproc", [2, 3])  # 872 dev rows: not a multiple of 3
 def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir, tmp_path):
-    config = dict(model=str(varied_model), data_dir=str(sst2_dir), output_dir=str(tmp_path / "unused"),
-                  max_train_samples=8, eval_batch_size=64, device="cpu")
+    config = dict(
+        model=str(varied_model),
+        data_dir=str(sst2_dir),
+        output_dir=str(tmp_path / "unused"),
+        max_train_samples=8,
+        eval_batch_size=64,
+        device="cpu",
+    )
     acc, predictions = _evaluate(config, distributed.World())
     assert 0.1 < np.mean(predictions["pred"]) < 0.9, "the model must predict both classes for this test to bite"
     _torchrun(nproc, "eval", tmp_path, config)
@@ -260,13 +303,15 @@ def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir
 
 # --- the harness torchrun runs ---------------------------------------------------------------------------------
 
+
 def _evaluate(config: dict, world: distributed.World) -> tuple[float, dict]:
     """The engine's evaluation of ``config``'s model on the whole dev split, as every rank sees it."""
     device = torch.device("cpu")
     cfg = resolve_config(RunConfig.from_dict(config), device)
     splits = load_splits(cfg, load_tokenizer(cfg.model))
-    result = evaluate(load_classifier(cfg.model), splits["dev"], batch_size=cfg.eval_batch_size, device=device,
-                      world=world)
+    result = evaluate(
+        load_classifier(cfg.model), splits["dev"], batch_size=cfg.eval_batch_size, device=device, world=world
+    )
     frame = result.predictions[["idx", "pred", "prob_pos"]] if world.main else None
     return result.accuracy, frame.to_dict("list") if frame is not None else {}
 
@@ -289,6 +334,7 @@ def _harness_train(out: Path, config: dict) -> None:
         def wrapper(path, *args, **kwargs):
             writes.append(str(path))
             return write(path, *args, **kwargs)
+
         return wrapper
 
     atomic.write_atomic = recording(atomic.write_atomic)  # json and csv writes go through it

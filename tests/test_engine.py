@@ -1,4 +1,5 @@
 """The fine-tuning engine: FlagPerf's recipe, the run folder contract, determinism, early stop, real weights."""
+
 import json
 import math
 
@@ -8,24 +9,43 @@ import torch
 
 from distil_kit import KitError, RunConfig, finetune
 from distil_kit.config import load_config
-from distil_kit.recipe import optimizer_groups, total_optimizer_steps
-from distil_kit.resolve import fast_precision
 from distil_kit.modeling import load_classifier
+from distil_kit.recipe import optimizer_groups, total_optimizer_steps
 from distil_kit.records import EVAL_COLUMNS, PREDICTION_COLUMNS, STEP_COLUMNS, Run
+from distil_kit.resolve import fast_precision
 
-FLAGPERF_SUMMARY_KEYS = ["e2e_time", "train_time", "train_no_eval_time", "pure_training_computing_time",
-                         "throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute",
-                         "converged", "acc"]
+FLAGPERF_SUMMARY_KEYS = [
+    "e2e_time",
+    "train_time",
+    "train_no_eval_time",
+    "pure_training_computing_time",
+    "throughput(ips)_raw",
+    "throughput(ips)_no_eval",
+    "throughput(ips)_pure_compute",
+    "converged",
+    "acc",
+]
 
 
 @pytest.fixture
 def tiny_run(one_thread, tiny_model, sst2_dir, tmp_path):
     """Run a tiny model on the first rows of real SST-2; keyword arguments override the config."""
+
     def run(**changes) -> Run:
-        values = dict(model=str(tiny_model), data_dir=str(sst2_dir), output_dir=str(tmp_path / "run"), epochs=1,
-                      max_train_samples=256, train_batch_size=16, target_acc=None, log_every=1, save_model=False,
-                      overwrite=True)
+        values = dict(
+            model=str(tiny_model),
+            data_dir=str(sst2_dir),
+            output_dir=str(tmp_path / "run"),
+            epochs=1,
+            max_train_samples=256,
+            train_batch_size=16,
+            target_acc=None,
+            log_every=1,
+            save_model=False,
+            overwrite=True,
+        )
         return finetune(RunConfig.from_dict({**values, **changes}))
+
     return run
 
 
@@ -41,10 +61,13 @@ def test_optimizer_groups_follow_flagperf(tiny_model):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("batches, accumulation, epochs, expected", [(2105, 1, 10, 21050), (2105, 8, 10, 2640),
-                                                                     (9, 4, 2, 6)])
+@pytest.mark.parametrize(
+    "batches, accumulation, epochs, expected", [(2105, 1, 10, 21050), (2105, 8, 10, 2640), (9, 4, 2, 6)]
+)
 def test_schedule_length_counts_partial_accumulation_groups(batches, accumulation, epochs, expected):
-    assert total_optimizer_steps(batches, accumulation, epochs) == expected == math.ceil(batches / accumulation) * epochs
+    assert (
+        total_optimizer_steps(batches, accumulation, epochs) == expected == math.ceil(batches / accumulation) * epochs
+    )
 
 
 def test_scheduler_decays_linearly_to_zero_over_all_steps(tiny_run):
@@ -65,16 +88,35 @@ def test_run_folder_contract(tiny_run):
     assert list(pd.read_csv(folder / "evals.csv").columns) == EVAL_COLUMNS
     assert list(pd.read_csv(folder / "predictions.csv").columns) == PREDICTION_COLUMNS
     summary = json.loads((folder / "summary.json").read_text())
-    assert all(k in summary for k in FLAGPERF_SUMMARY_KEYS + ["best_acc", "epochs_run", "time_to_target",
-                                                             "train_samples", "train_tokens", "tokens_per_s",
-                                                             "peak_memory_gib"])
+    assert all(
+        k in summary
+        for k in FLAGPERF_SUMMARY_KEYS
+        + [
+            "best_acc",
+            "epochs_run",
+            "time_to_target",
+            "train_samples",
+            "train_tokens",
+            "tokens_per_s",
+            "peak_memory_gib",
+        ]
+    )
     assert summary["train_samples"] == 512 and summary["epochs_run"] == 2
-    assert summary["e2e_time"] >= summary["train_time"] >= summary["train_no_eval_time"] \
-        >= summary["pure_training_computing_time"] > 0
+    assert (
+        summary["e2e_time"]
+        >= summary["train_time"]
+        >= summary["train_no_eval_time"]
+        >= summary["pure_training_computing_time"]
+        > 0
+    )
     # checkpointing (an epoch-end checkpoint each epoch) is in the loop's time, not in the pure compute time
     assert summary["checkpoint_time"] > 0
-    assert summary["pure_training_computing_time"] <= summary["train_no_eval_time"] - summary["checkpoint_time"] + 2e-3
-    assert summary["throughput(ips)_no_eval"] == pytest.approx(512 / summary["train_no_eval_time"], rel=1e-2)  # times are rounded to ms
+    assert (
+        summary["pure_training_computing_time"] <= summary["train_no_eval_time"] - summary["checkpoint_time"] + 2e-3
+    )
+    assert summary["throughput(ips)_no_eval"] == pytest.approx(
+        512 / summary["train_no_eval_time"], rel=1e-2
+    )  # times are rounded to ms
     evals = run.evals
     assert evals.epoch.tolist() == [0, 1, 2]  # before training and after every epoch
     assert summary["acc"] == evals.accuracy.iloc[-1] and summary["best_acc"] == evals.accuracy.max()
@@ -110,8 +152,9 @@ def test_fast_mode_on_cpu_switches_and_keeps_the_recipe(tiny_run, tmp_path):
     assert fast.steps.loss.tolist() != plain.steps.loss.tolist()  # other batches: bucketed by length
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
-                                                        (False, False, "fp32")])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
 def test_fast_precision_on_cpu_is_bf16_only_where_native(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -164,12 +207,27 @@ def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
     import sys
 
     params = tmp_path / "p.yaml"
-    params.write_text(f"model: {tiny_model}\ndata_dir: {sst2_dir}\nepochs: 1\nmax_train_samples: 64\n"
-                      f"target_acc: null\nsave_model: false\n")
+    params.write_text(
+        f"model: {tiny_model}\ndata_dir: {sst2_dir}\nepochs: 1\nmax_train_samples: 64\n"
+        f"target_acc: null\nsave_model: false\n"
+    )
     out = tmp_path / "cli-run"
-    proc = subprocess.run([sys.executable, "-m", "distil_kit", "finetune", "--params", str(params),
-                           "--set", f"output_dir={out}", "--set", "train_batch_size=16"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distil_kit",
+            "finetune",
+            "--params",
+            str(params),
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "train_batch_size=16",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "config.json").read_text())["train_batch_size"] == 16
     assert "acc" in proc.stdout
@@ -192,10 +250,14 @@ def test_finetune_notebook_smoke_run(tiny_model, sst2_dir, tmp_path):
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     smoke = __import__("yaml").safe_load((root / "params" / "smoke.yaml").read_text())
     out = tmp_path / "nb-run"
-    papermill.execute_notebook(str(root / "notebooks" / "finetune.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={**smoke, "model": str(tiny_model), "data_dir": str(sst2_dir),
-                                           "output_dir": str(out)},
-                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(root / "notebooks" / "finetune.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={**smoke, "model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": str(out)},
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     run = Run(out)
     assert run.finished and run.summary["train_samples"] == smoke["max_train_samples"]
     assert list(run.steps.columns) == STEP_COLUMNS and len(run.predictions) == 872
@@ -208,8 +270,17 @@ def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_pat
     On a 2-core CPU this reaches about 0.77 dev accuracy; the dev majority
     baseline is 0.509, so 0.70 leaves room for thread-count and library-version noise but not for a broken recipe.
     """
-    run = finetune(RunConfig(model=str(minilm_dir), data_dir=str(sst2_dir), output_dir=str(tmp_path / "m"),
-                             epochs=1, max_train_samples=2000, target_acc=None, save_model=False))
+    run = finetune(
+        RunConfig(
+            model=str(minilm_dir),
+            data_dir=str(sst2_dir),
+            output_dir=str(tmp_path / "m"),
+            epochs=1,
+            max_train_samples=2000,
+            target_acc=None,
+            save_model=False,
+        )
+    )
     assert run.summary["acc"] >= 0.70
 
 
@@ -225,8 +296,12 @@ def test_cuda_graphs_default_only_where_a_step_can_be_captured():
     cuda = torch.device("cuda")  # resolve_config only reads the device type: no GPU needed
     fast = RunConfig.from_dict({"fast": True, "precision": "bf16", "output_dir": "unused"})
     assert resolve_config(fast, cuda).cuda_graphs and not resolve_config(fast, cuda).compile
-    for changes, world in [({"num_workers": 2}, 1), ({"gradient_accumulation_steps": 2}, 1),
-                           ({"precision": "fp16"}, 1), ({}, 2)]:
+    for changes, world in [
+        ({"num_workers": 2}, 1),
+        ({"gradient_accumulation_steps": 2}, 1),
+        ({"precision": "fp16"}, 1),
+        ({}, 2),
+    ]:
         assert not resolve_config(fast.replace(**changes), cuda, world).cuda_graphs
     with pytest.raises(KitError, match="num_workers 0 .* num_workers 2"):
         resolve_config(fast.replace(cuda_graphs=True, num_workers=2), cuda)

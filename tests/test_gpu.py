@@ -1,4 +1,5 @@
 """GPU-only checks (CI has no GPU): run on a CUDA machine with `pytest -m gpu tests/test_gpu.py`."""
+
 import signal
 import subprocess
 import sys
@@ -9,13 +10,23 @@ import torch
 from distil_kit import RunConfig, engine, finetune
 from distil_kit.callbacks import Callback
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)"),
+]
 
 
 def _config(tiny_model, sst2_dir, out, **changes):
-    values = dict(model=str(tiny_model), data_dir=str(sst2_dir), output_dir=str(out), epochs=1,
-                  max_train_samples=2048, target_acc=None, save_model=False, device="cuda")
+    values = dict(
+        model=str(tiny_model),
+        data_dir=str(sst2_dir),
+        output_dir=str(out),
+        epochs=1,
+        max_train_samples=2048,
+        target_acc=None,
+        save_model=False,
+        device="cuda",
+    )
     return RunConfig.from_dict({**values, **changes})
 
 
@@ -35,8 +46,17 @@ def test_plain_and_fast_paths_on_gpu(tiny_model, sst2_dir, tmp_path):
 def test_graphed_steps_train_exactly_like_eager_steps(tiny_model, sst2_dir, tmp_path):
     # fp32, no compile, dropout on, weight decay on one group; bucketed widths and a short last batch: several
     # graphs. The warm-up steps before each capture must leave no trace (weights, AdamW state, RNG).
-    common = dict(max_train_samples=500, train_batch_size=16, log_every=1, bucket_batches=True,
-                  pad_to_multiple_of=8, precision="fp32", compile=False, weight_decay=0.01, epochs=2)
+    common = dict(
+        max_train_samples=500,
+        train_batch_size=16,
+        log_every=1,
+        bucket_batches=True,
+        pad_to_multiple_of=8,
+        precision="fp32",
+        compile=False,
+        weight_decay=0.01,
+        epochs=2,
+    )
     eager = finetune(_config(tiny_model, sst2_dir, tmp_path / "eager", cuda_graphs=False, **common))
     graphed = finetune(_config(tiny_model, sst2_dir, tmp_path / "graphed", cuda_graphs=True, **common))
     assert graphed.config["cuda_graphs"] and graphed.summary["compile_time"] > 0
@@ -63,7 +83,9 @@ def test_graphed_run_resumes_like_the_uninterrupted_run(tiny_model, sst2_dir, tm
 
 
 def test_graphs_around_a_compiled_model(tiny_model, sst2_dir, tmp_path):
-    run = finetune(_config(tiny_model, sst2_dir, tmp_path / "compiled", fast=True, compile=True, max_train_samples=512))
+    run = finetune(
+        _config(tiny_model, sst2_dir, tmp_path / "compiled", fast=True, compile=True, max_train_samples=512)
+    )
     assert run.config["compile"] and run.config["cuda_graphs"] and run.summary["train_samples"] == 512
 
 
@@ -74,11 +96,35 @@ def test_cuda_graphs_refuse_gradient_accumulation(tiny_model, sst2_dir, tmp_path
 
 def test_single_gpu_torchrun(tiny_model, sst2_dir, tmp_path):
     out = tmp_path / "ddp1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                           "-m", "distil_kit", "finetune", "--set", f"model={tiny_model}", "--set",
-                           f"data_dir={sst2_dir}", "--set", f"output_dir={out}", "--set", "epochs=1",
-                           "--set", "max_train_samples=512", "--set", "target_acc=null", "--set", "save_model=false",
-                           "--set", "fast=true"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "distil_kit",
+            "finetune",
+            "--set",
+            f"model={tiny_model}",
+            "--set",
+            f"data_dir={sst2_dir}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "epochs=1",
+            "--set",
+            "max_train_samples=512",
+            "--set",
+            "target_acc=null",
+            "--set",
+            "save_model=false",
+            "--set",
+            "fast=true",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "summary.json").is_file()

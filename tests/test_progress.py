@@ -1,4 +1,5 @@
 """Progress, clocks, rate windows and the summary's arithmetic, with hand-made numbers: no training."""
+
 import time
 
 import pytest
@@ -9,15 +10,28 @@ from distil_kit.progress import Clock, Progress, RateWindow, summary
 
 
 def test_summary_nests_flagperf_times_and_leaves_compile_out():
-    progress = Progress(epoch=2, step=40, samples=1000, tokens=20000, compile_samples=100, compile_tokens=1000,
-                        best_acc=0.9, converged=True, time_to_target=33.0,
-                        evals_rows=[{"accuracy": 0.5}, {"accuracy": 0.9}, {"accuracy": 0.88}])
+    progress = Progress(
+        epoch=2,
+        step=40,
+        samples=1000,
+        tokens=20000,
+        compile_samples=100,
+        compile_tokens=1000,
+        best_acc=0.9,
+        converged=True,
+        time_to_target=33.0,
+        evals_rows=[{"accuracy": 0.5}, {"accuracy": 0.9}, {"accuracy": 0.88}],
+    )
     # 60 s in the training loop, 10 of them compiling: train_time 50; minus 5 s of evaluation: 45; minus 3 s of
     # data loading and 2 s of checkpointing: 40 s of pure compute. 900 samples were timed (100 compiled).
     times = {"e2e": 75.0, "train": 60.0, "compile": 10.0, "eval": 5.0, "data": 3.0, "checkpoint": 2.0}
     s = summary(progress, times, global_batch_size=32, world_size=1, peak_memory_gib=1.23456)
-    assert (s["e2e_time"], s["train_time"], s["train_no_eval_time"], s["pure_training_computing_time"]) == \
-        (75.0, 50.0, 45.0, 40.0)
+    assert (s["e2e_time"], s["train_time"], s["train_no_eval_time"], s["pure_training_computing_time"]) == (
+        75.0,
+        50.0,
+        45.0,
+        40.0,
+    )
     assert s["throughput(ips)_raw"] == 18.0 and s["throughput(ips)_no_eval"] == 20.0
     assert s["throughput(ips)_pure_compute"] == 22.5
     assert s["tokens_per_s"] == 422.2  # (20000 - 1000) / 45
@@ -78,13 +92,25 @@ def test_window_rates_leave_the_compiling_steps_rows_out():
     window.add(2, [torch.tensor(0.3)], rows=32, tokens=400, compiled=False)
     totals = window.reduce(World(), stop_requested=False)
     assert totals.losses.tolist() == pytest.approx([0.5, 0.7, 0.3])
-    assert (totals.rows, totals.tokens, totals.compile_rows, totals.compile_tokens, totals.stop) == \
-        (96, 1200, 64, 800, False)
+    assert (totals.rows, totals.tokens, totals.compile_rows, totals.compile_tokens, totals.stop) == (
+        96,
+        1200,
+        64,
+        800,
+        False,
+    )
     assert window.step_of(2) == 2
     p = Progress(step=2)
     row = p.record_window(totals, lr=1e-5, now=4.0, seconds=4.0 - window.start)
-    assert row == {"step": 2, "epoch": 1, "loss": 0.5, "lr": 1e-5, "samples_per_s": 16.0, "tokens_per_s": 200.0,
-                   "elapsed_s": 4.0}
+    assert row == {
+        "step": 2,
+        "epoch": 1,
+        "loss": 0.5,
+        "lr": 1e-5,
+        "samples_per_s": 16.0,
+        "tokens_per_s": 200.0,
+        "elapsed_s": 4.0,
+    }
     assert (p.samples, p.tokens, p.compile_samples, p.compile_tokens) == (96, 1200, 64, 800)
     window.reset(4.0)
     assert not window and window.rows == window.compile_rows == 0

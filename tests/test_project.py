@@ -1,4 +1,5 @@
 """The project's own promises: one dependency list, clean notebooks, the notebooks run headless."""
+
 import ast
 import dataclasses
 import json
@@ -83,15 +84,27 @@ def _papermill(notebook: str, tmp_path: Path, **parameters) -> nbformat.Notebook
     import papermill
 
     out = tmp_path / f"out-{notebook}"
-    papermill.execute_notebook(str(ROOT / "notebooks" / notebook), str(out), parameters=parameters,
-                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / notebook),
+        str(out),
+        parameters=parameters,
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return nbformat.read(out, as_version=4)
 
 
 @pytest.mark.slow
 def test_preprocess_notebook_runs_headless(tmp_path, sst2_dir, minilm_dir):
-    nb = _papermill("preprocess.ipynb", tmp_path, source=str(sst2_dir), tokenizer=str(minilm_dir),
-                    out_dir=str(tmp_path / "data"), padding="longest")
+    nb = _papermill(
+        "preprocess.ipynb",
+        tmp_path,
+        source=str(sst2_dir),
+        tokenizer=str(minilm_dir),
+        out_dir=str(tmp_path / "data"),
+        padding="longest",
+    )
     meta = json.loads((tmp_path / "data" / "dataset" / "preprocess.json").read_text())
     assert meta["splits"]["train"]["rows"] == 67_349
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -4,6 +4,7 @@ Every run here is the tiny random DistilBERT (with its dropout: the RNG states m
 300 SST-2 rows, batch 4: 75 optimizer steps an epoch, 2 epochs, a checkpoint every 5 steps and a steps.csv row
 every step, so that losses compare step by step.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,18 @@ STEPS_PER_EPOCH = 75
 
 @pytest.fixture(scope="module")
 def run_config(tiny_model, sst2_dir) -> dict:
-    return dict(model=str(tiny_model), data_dir=str(sst2_dir), epochs=2, max_train_samples=300, train_batch_size=4,
-                eval_batch_size=256, log_every=1, checkpoint_every=5, target_acc=None, device="cpu")
+    return dict(
+        model=str(tiny_model),
+        data_dir=str(sst2_dir),
+        epochs=2,
+        max_train_samples=300,
+        train_batch_size=4,
+        eval_batch_size=256,
+        log_every=1,
+        checkpoint_every=5,
+        target_acc=None,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +68,7 @@ def assert_same_run(run: Run, reference: Run) -> None:
 
 # --- a run in another process, stopped from outside ---------------------------------------------------------
 
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "distil_kit", "finetune", *args]
 
@@ -73,13 +85,19 @@ def _env() -> dict:
 def _start_and_wait_for_checkpoint(config: dict, out: Path, log: Path) -> subprocess.Popen:
     """Start a CLI run and return once its first checkpoint is on disk (still early in epoch 1)."""
     with log.open("w") as err:
-        proc = subprocess.Popen(_cli(*_sets({**config, "output_dir": out})), stdout=subprocess.DEVNULL, stderr=err,
-                                env=_env(), cwd=Path(__file__).parents[1])
+        proc = subprocess.Popen(
+            _cli(*_sets({**config, "output_dir": out})),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+            cwd=Path(__file__).parents[1],
+        )
     deadline = time.monotonic() + 120
     while not checkpoint.checkpoints(out / "checkpoints"):
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before its first checkpoint:\n"
-                        f"{log.read_text()[-2000:]}")
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) before its first checkpoint:\n{log.read_text()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("no checkpoint after 120 s")
@@ -119,8 +137,14 @@ def test_sigterm_checkpoints_and_exits_130_naming_resume(run_config, reference, 
     assert stopped.steps["step"].iloc[-1] == step  # the records were written with the checkpoint
     assert stopped.evals["step"].max() <= step
 
-    resumed = subprocess.run(_cli("--resume", "--set", f"output_dir={out}"), capture_output=True, text=True,
-                             env=_env(), cwd=Path(__file__).parents[1], timeout=300)
+    resumed = subprocess.run(
+        _cli("--resume", "--set", f"output_dir={out}"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {out / 'checkpoints' / f'step-{step}.pt'}" in resumed.stdout
     assert_same_run(Run(out), reference)
@@ -161,8 +185,21 @@ def test_checkpoint_holds_all_state_and_only_the_last_two_are_kept(stopped):
     assert [p.name for p in checkpoint.checkpoints(folder)] == ["step-10.pt", f"step-{STOP_AT}.pt"]
     assert sorted(p.name for p in folder.iterdir()) == ["step-10.pt", f"step-{STOP_AT}.pt"]  # no temporary files
     state = torch.load(folder / f"step-{STOP_AT}.pt", weights_only=False)
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "batches_done", "step", "samples", "tokens",
-            "timers", "steps_rows", "evals_rows"} <= state.keys()
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "epoch",
+        "batches_done",
+        "step",
+        "samples",
+        "tokens",
+        "timers",
+        "steps_rows",
+        "evals_rows",
+    } <= state.keys()
     assert state["rng"][0].keys() == {"python", "numpy", "torch", "cuda"}  # one entry per rank
     assert (state["epoch"], state["batches_done"], state["step"]) == (0, STOP_AT, STOP_AT)
     assert [row["step"] for row in state["steps_rows"]] == list(range(1, STOP_AT + 1))
@@ -171,8 +208,9 @@ def test_checkpoint_holds_all_state_and_only_the_last_two_are_kept(stopped):
 
 def test_unfinished_run_is_not_overwritten(run_config, stopped):
     before = sorted(p.name for p in stopped.rglob("*"))
-    with pytest.raises(KitError, match="holds an unfinished run; pass resume: true to continue it, or "
-                                       "overwrite: true to start over"):
+    with pytest.raises(
+        KitError, match="holds an unfinished run; pass resume: true to continue it, or overwrite: true to start over"
+    ):
         engine.finetune(run_config, output_dir=str(stopped))
     assert sorted(p.name for p in stopped.rglob("*")) == before
 
@@ -200,12 +238,17 @@ def test_all_checkpoints_truncated_is_a_one_line_error(stopped, tmp_path):
 
 # --- the checkpoint writer's thread -------------------------------------------------------------------------
 
+
 def test_background_writer_writes_the_state_as_it_was_when_saved(tmp_path, monkeypatch):
     go = threading.Event()
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda *args: go.wait(10) and real_save(*args))
-    state = {"weights": torch.arange(4.0), "rows": [{"step": 1}], "rng": (torch.ones(2, dtype=torch.uint8), 7),
-             "model": torch.nn.Linear(2, 2).state_dict()}
+    state = {
+        "weights": torch.arange(4.0),
+        "rows": [{"step": 1}],
+        "rng": (torch.ones(2, dtype=torch.uint8), 7),
+        "model": torch.nn.Linear(2, 2).state_dict(),
+    }
     writer = checkpoint.BackgroundWriter()
     writer.save(state, tmp_path / "checkpoints", 1)
     state["weights"].add_(100)  # the run goes on while the write waits
@@ -236,8 +279,9 @@ def test_background_writer_reports_a_failed_write_once(tmp_path):
 def test_a_finished_run_has_its_last_checkpoint_on_disk(run_config, tmp_path, monkeypatch):
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda *args: time.sleep(0.5) or real_save(*args))  # a slow disk
-    run = engine.finetune({**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0},
-                          output_dir=str(tmp_path / "run"))
+    run = engine.finetune(
+        {**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0}, output_dir=str(tmp_path / "run")
+    )
     assert run.finished
     assert [p.name for p in checkpoint.checkpoints(run.folder / "checkpoints")] == ["step-10.pt"]
 
@@ -249,8 +293,11 @@ def test_a_failed_checkpoint_write_fails_the_run_in_one_line(run_config, tmp_pat
     monkeypatch.setattr(checkpoint, "save", full_disk)
     out = tmp_path / "run"
     with pytest.raises(KitError) as error:
-        engine.finetune({**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0},
-                        output_dir=str(out))
-    assert str(error.value) == (f"checkpoint {out / 'checkpoints' / 'step-10.pt'} could not be written: OSError: "
-                                f"[Errno 28] No space left on device")
+        engine.finetune(
+            {**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0}, output_dir=str(out)
+        )
+    assert str(error.value) == (
+        f"checkpoint {out / 'checkpoints' / 'step-10.pt'} could not be written: OSError: "
+        f"[Errno 28] No space left on device"
+    )
     assert not Run(out).finished
