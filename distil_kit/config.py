@@ -8,6 +8,7 @@ time" (by ``fast`` and the device); the run's ``config.json`` records the resolv
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,11 @@ class RunConfig:
         hints, lines = typing.get_type_hints(cls), []
         for f in dataclasses.fields(cls):
             (base, optional), help = _base_type(hints[f.name]), f.metadata["help"]
+            default = json.dumps(f.default) if isinstance(f.default, str) else repr(f.default)  # ruff's quotes
             lines.append(
-                f"{f.name} = {f.default!r}  # type: Optional[{base.__name__}]  {help}"
+                f"{f.name} = {default}  # type: Optional[{base.__name__}]  {help}"
                 if optional
-                else f"{f.name}: {base.__name__} = {f.default!r}  # {help}"
+                else f"{f.name}: {base.__name__} = {default}  # {help}"
             )
         return lines
 
