@@ -90,3 +90,8 @@ class TqdmProgress(Callback):
 
     def on_run_end(self, trainer, summary: dict) -> None:
         self._close()
+
+
+def default_progress() -> Callback:
+    """The progress display a run shows where nothing else is asked for: terminal bars."""
+    return TqdmProgress()

@@ -21,7 +21,7 @@ import torch
 from . import checkpoint, data, distributed, records
 from .atomic import replace_dir, write_json_atomic
 from .batching import EpochBatches, SplitDataset, TrimCollate
-from .callbacks import CallbackList, TqdmProgress
+from .callbacks import CallbackList, default_progress
 from .config import RunConfig
 from .errors import KitError
 from .evaluate import Evaluation, evaluate
@@ -302,7 +302,7 @@ def train(trainer: Trainer, resumed: bool) -> None:
 def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) -> records.Run:
     """Fine-tune per ``config`` (a RunConfig or a dict of parameters, updated by ``overrides``) and return the Run.
 
-    ``callbacks`` (``callbacks.Callback``) observe the run, after the terminal progress bars. Under torchrun every
+    ``callbacks`` (``callbacks.Callback``) observe the run, after the progress display (``default_progress``). Under torchrun every
     rank calls this; only rank 0 writes the run folder.
     """
     started = time.perf_counter()
@@ -320,7 +320,7 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
         records.check_output_dir(out, cfg.resume, cfg.overwrite)  # refuse a taken folder before heavy loading
-        trainer = Trainer(cfg, world, device, started, [TqdmProgress(), *callbacks])  # loads and checks inputs
+        trainer = Trainer(cfg, world, device, started, [default_progress(), *callbacks])  # loads and checks inputs
         if cfg.resume:
             state, path = checkpoint.load_latest(out / "checkpoints")
             trainer.load_state_dict(state, path)
