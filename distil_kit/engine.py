@@ -302,8 +302,8 @@ def train(trainer: Trainer, resumed: bool) -> None:
 def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) -> records.Run:
     """Fine-tune per ``config`` (a RunConfig or a dict of parameters, updated by ``overrides``) and return the Run.
 
-    ``callbacks`` (``callbacks.Callback``) observe the run, after the progress display (``default_progress``). Under torchrun every
-    rank calls this; only rank 0 writes the run folder.
+    ``callbacks`` (``callbacks.Callback``) observe the run, after the progress display (``default_progress``).
+    Under torchrun every rank calls this; only rank 0 writes the run folder.
     """
     started = time.perf_counter()
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config or {}))
