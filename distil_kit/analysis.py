@@ -24,13 +24,17 @@ SUMMARY_COLUMNS = {
     "epochs_run": "epochs_run",
     "converged": "converged",
     "final_acc": "acc",
+    "final_correct": "acc_correct",
+    "dev_rows": "dev_rows",
+    "target_correct": "target_correct",
     "best_acc": "best_acc",
     "time_to_target_s": "time_to_target",
     **{name: name for name in THROUGHPUTS},
     "e2e_time_s": "e2e_time",
     "peak_memory_gib": "peak_memory_gib",
 }
-COMPARISON_COLUMNS = ("source", "label", "model", "device", "precision", *SUMMARY_COLUMNS, "run")
+INTERVAL_COLUMNS = ("final_acc_low", "final_acc_high")  # the final accuracy's 95% Wilson interval
+COMPARISON_COLUMNS = ("source", "label", "model", "device", "precision", *SUMMARY_COLUMNS, *INTERVAL_COLUMNS, "run")
 # Config keys that may differ between repeats of one configuration: the seed, and how a run was launched.
 SEED_IGNORED = ("seed", "output_dir", "resume", "overwrite")
 LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 40, np.inf)  # sentence length buckets, in words
@@ -71,6 +75,7 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             "device": r.manifest["device_name"],
             "precision": r.config["precision"],
             **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()},
+            **dict(zip(INTERVAL_COLUMNS, r.summary["acc_interval"], strict=True)),
             "run": str(r.folder),
         }
         for r, label in zip(runs, run_labels(runs), strict=True)
@@ -91,7 +96,7 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             )
     # Whole numbers stay whole beside the published rows' gaps.
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
-        {"batch": "Int64", "world_size": "Int64", "epochs_run": "Int64"}
+        dict.fromkeys(("batch", "world_size", "epochs_run", "final_correct", "dev_rows", "target_correct"), "Int64")
     )
 
 

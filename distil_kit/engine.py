@@ -202,7 +202,12 @@ class Trainer:
         if self.clock.training:
             self.clock.add("eval", seconds)
         row = self.progress.record_eval(
-            result.accuracy, seconds, self.clock.train_seconds(), self.cfg.target_acc, training=self.clock.training
+            result.correct,
+            result.total,
+            seconds,
+            self.clock.train_seconds(),
+            self.cfg.target_acc,
+            training=self.clock.training,
         )
         self.callbacks.fire("on_evaluate", self, row)
         return result.accuracy
@@ -265,6 +270,7 @@ class Trainer:
         return summary(
             self.progress,
             self.clock.times(),
+            target_acc=self.cfg.target_acc,
             global_batch_size=self.global_batch_size,
             world_size=self.world.size,
             peak_memory_gib=peak,

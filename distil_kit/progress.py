@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import distributed
+from . import distributed, stats
 
 TIMERS = ("train", "eval", "data", "compile", "checkpoint")
 
@@ -42,19 +42,25 @@ class Progress:
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
     def record_eval(
-        self, accuracy: float, eval_s: float, train_s: float, target: float | None, training: bool
+        self, correct: int, total: int, eval_s: float, train_s: float, target: float | None, training: bool
     ) -> dict:
-        """An evals.csv row. Only evaluations inside the training loop (not the one before it) reach the target."""
+        """An evals.csv row: the correct count with its Wilson interval. Only evaluations inside the training loop
+        (not the one before it) reach the target."""
+        accuracy = stats.proportion(correct, total)
         row = {
             "epoch": self.epoch,
             "step": self.step,
-            "accuracy": accuracy,
+            "accuracy": accuracy.value,
+            "correct": correct,
+            "total": total,
+            "acc_low": round(accuracy.interval.low, 6),
+            "acc_high": round(accuracy.interval.high, 6),
             "eval_s": round(eval_s, 4),
             "train_s": round(train_s, 4),
         }
         self.evals_rows.append(row)
-        self.best_acc = max(self.best_acc, accuracy)
-        reached = target is not None and accuracy >= target
+        self.best_acc = max(self.best_acc, accuracy.value)
+        reached = target is not None and correct >= stats.correct_needed(target, total)
         if training:
             self.converged = reached
             if reached and self.time_to_target is None:
@@ -177,9 +183,16 @@ class RateWindow:
 
 
 def summary(
-    progress: Progress, times: dict, *, global_batch_size: int, world_size: int, peak_memory_gib: float
+    progress: Progress,
+    times: dict,
+    *,
+    target_acc: float | None,
+    global_batch_size: int,
+    world_size: int,
+    peak_memory_gib: float,
 ) -> dict:
     """summary.json: FlagPerf's timers and throughputs, then the kit's own fields. ``times`` as ``Clock.times``.
+    The final accuracy comes with its correct count, its 95% Wilson interval and the count the target needs.
 
     FlagPerf's three times nest: train_time (the training loop, evaluations included) holds train_no_eval_time,
     which holds pure_training_computing_time (forward, backward and optimizer step: data loading and the loop's
@@ -195,6 +208,7 @@ def summary(
         return round(timed_samples / seconds, 2) if seconds > 0 else None
 
     tokens_per_s = (progress.tokens - progress.compile_tokens) / no_eval if no_eval > 0 else None
+    last = progress.evals_rows[-1]
     return {
         "e2e_time": round(times["e2e"], 3),
         "train_time": round(train, 3),
@@ -204,7 +218,11 @@ def summary(
         "throughput(ips)_no_eval": rate(no_eval),
         "throughput(ips)_pure_compute": rate(pure),
         "converged": progress.converged,
-        "acc": progress.evals_rows[-1]["accuracy"],
+        "acc": last["accuracy"],
+        "acc_correct": last["correct"],
+        "dev_rows": last["total"],
+        "acc_interval": [last["acc_low"], last["acc_high"]],
+        "target_correct": stats.correct_needed(target_acc, last["total"]) if target_acc is not None else None,
         "best_acc": progress.best_acc,
         "epochs_run": progress.epoch,
         "steps": progress.step,

@@ -22,7 +22,7 @@ from .atomic import write_csv_atomic
 from .errors import KitError
 
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "samples_per_s", "tokens_per_s", "elapsed_s"]
-EVAL_COLUMNS = ["epoch", "step", "accuracy", "eval_s", "train_s"]
+EVAL_COLUMNS = ["epoch", "step", "accuracy", "correct", "total", "acc_low", "acc_high", "eval_s", "train_s"]
 PREDICTION_COLUMNS = ["idx", "sentence", "label", "pred", "prob_pos"]
 RUN_FILES = ("config.json", "steps.csv", "evals.csv", "summary.json", "manifest.json", "predictions.csv")
 CSV_COLUMNS = {"steps.csv": STEP_COLUMNS, "evals.csv": EVAL_COLUMNS, "predictions.csv": PREDICTION_COLUMNS}
@@ -31,6 +31,10 @@ JSON_KEYS = {  # the keys the analysis reads, checked as each file is read; the 
     "config.json": ("model", "precision", "seed", "target_acc"),
     "summary.json": (
         "acc",
+        "acc_correct",
+        "dev_rows",
+        "acc_interval",
+        "target_correct",
         "best_acc",
         "converged",
         "epochs_run",

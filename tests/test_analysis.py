@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distil_kit import analysis, plots, records, reference
+from distil_kit import analysis, plots, records, reference, stats
 from distil_kit.data import Split
 from distil_kit.errors import KitError
 
@@ -67,12 +67,19 @@ def write_run(
         }
     )
     accuracy = np.concatenate([[0.5], skill - 0.05 / np.arange(1, epochs + 1) + 0.01 * rng.standard_normal(epochs)])
+    correct = np.round(accuracy * 872).astype(int)  # counts out of the 872 dev sentences
+    accuracy = correct / 872
+    intervals = [stats.proportion(k, 872).interval for k in correct]
     train_s = np.arange(epochs + 1) * steps_per_epoch * batch / speed * 1.05
     evals = pd.DataFrame(
         {
             "epoch": np.arange(epochs + 1),
             "step": np.arange(epochs + 1) * steps_per_epoch,
             "accuracy": accuracy,
+            "correct": correct,
+            "total": 872,
+            "acc_low": [i.low for i in intervals],
+            "acc_high": [i.high for i in intervals],
             "eval_s": 2.0,
             "train_s": train_s,
         }
@@ -106,6 +113,10 @@ def write_run(
         "throughput(ips)_pure_compute": samples / (train_time * 0.8),
         "converged": bool(reached.size),
         "acc": float(accuracy[-1]),
+        "acc_correct": int(correct[-1]),
+        "dev_rows": 872,
+        "acc_interval": [intervals[-1].low, intervals[-1].high],
+        "target_correct": stats.correct_needed(config["target_acc"], 872),
         "best_acc": float(accuracy.max()),
         "epochs_run": epochs,
         "steps": int(step[-1]),
@@ -230,7 +241,12 @@ def test_missing_file_is_named(tmp_path, name):
     "name, text, match",
     [
         ("steps.csv", "step,epoch,loss\n1,0.1,0.7\n2,0.2,0.6,9,9\n", "malformed CSV"),
-        ("evals.csv", "epoch,step,accuracy,eval_s,train_s\n0,0,0.5,1,0\n1,20,high,1,10\n", "line 3: accuracy 'high'"),
+        (
+            "evals.csv",
+            "epoch,step,accuracy,correct,total,acc_low,acc_high,eval_s,train_s\n0,0,0.5,436,872,0.47,0.53,1,0\n"
+            "1,20,high,436,872,0.47,0.53,1,10\n",
+            "line 3: accuracy 'high'",
+        ),
         ("predictions.csv", "idx,sentence,label\n0,good,1\n", "missing column"),
         (
             "predictions.csv",

@@ -123,6 +123,9 @@ def test_run_folder_contract(tiny_run):
     preds = run.predictions
     assert len(preds) == 872 and sorted(preds.idx) == list(range(872))
     assert (preds.label == preds.pred).mean() == pytest.approx(summary["acc"])
+    assert summary["acc_correct"] == (preds.label == preds.pred).sum() and summary["dev_rows"] == 872
+    low, high = summary["acc_interval"]
+    assert low < summary["acc"] < high and evals.correct.iloc[-1] == summary["acc_correct"]
     manifest = run.manifest
     assert manifest["seed"] == 0 and manifest["torch"] == torch.__version__
     assert set(manifest["data_files"]) and all(len(h) == 64 for h in manifest["data_files"].values())

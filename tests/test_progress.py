@@ -9,6 +9,10 @@ from distil_kit.distributed import World
 from distil_kit.progress import Clock, Progress, RateWindow, summary
 
 
+def _eval_row(correct: int) -> dict:
+    return {"accuracy": correct / 872, "correct": correct, "total": 872, "acc_low": 0.0, "acc_high": 1.0}
+
+
 def test_summary_nests_flagperf_times_and_leaves_compile_out():
     progress = Progress(
         epoch=2,
@@ -20,12 +24,12 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
         best_acc=0.9,
         converged=True,
         time_to_target=33.0,
-        evals_rows=[{"accuracy": 0.5}, {"accuracy": 0.9}, {"accuracy": 0.88}],
+        evals_rows=[_eval_row(436), _eval_row(785), _eval_row(767)],
     )
     # 60 s in the training loop, 10 of them compiling: train_time 50; minus 5 s of evaluation: 45; minus 3 s of
     # data loading and 2 s of checkpointing: 40 s of pure compute. 900 samples were timed (100 compiled).
     times = {"e2e": 75.0, "train": 60.0, "compile": 10.0, "eval": 5.0, "data": 3.0, "checkpoint": 2.0}
-    s = summary(progress, times, global_batch_size=32, world_size=1, peak_memory_gib=1.23456)
+    s = summary(progress, times, target_acc=0.91, global_batch_size=32, world_size=1, peak_memory_gib=1.23456)
     assert (s["e2e_time"], s["train_time"], s["train_no_eval_time"], s["pure_training_computing_time"]) == (
         75.0,
         50.0,
@@ -36,14 +40,14 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
     assert s["throughput(ips)_pure_compute"] == 22.5
     assert s["tokens_per_s"] == 422.2  # (20000 - 1000) / 45
     assert s["compile_time"] == 10.0 and s["checkpoint_time"] == 2.0 and s["peak_memory_gib"] == 1.235
-    assert (s["acc"], s["best_acc"], s["converged"], s["time_to_target"]) == (0.88, 0.9, True, 33.0)
+    assert (s["acc"], s["best_acc"], s["converged"], s["time_to_target"]) == (767 / 872, 0.9, True, 33.0)
     assert (s["epochs_run"], s["steps"], s["train_samples"], s["train_tokens"]) == (2, 40, 1000, 20000)
 
 
 def test_summary_of_a_run_with_no_training_time_has_no_throughput():
-    progress = Progress(evals_rows=[{"accuracy": 0.5}])
+    progress = Progress(evals_rows=[_eval_row(436)])
     times = {"e2e": 1.0, "train": 0.0, "compile": 0.0, "eval": 0.0, "data": 0.0, "checkpoint": 0.0}
-    s = summary(progress, times, global_batch_size=32, world_size=1, peak_memory_gib=0.0)
+    s = summary(progress, times, target_acc=0.91, global_batch_size=32, world_size=1, peak_memory_gib=0.0)
     assert s["throughput(ips)_raw"] is None and s["tokens_per_s"] is None
 
 
@@ -74,16 +78,31 @@ def test_progress_round_trips_through_a_checkpoint_state():
 
 def test_time_to_target_is_the_first_training_evaluation_that_reaches_it():
     p = Progress()
-    p.record_eval(0.95, eval_s=1.0, train_s=0.0, target=0.9, training=False)  # before training: does not count
+    p.record_eval(828, 872, eval_s=1.0, train_s=0.0, target=0.91, training=False)  # before training: no target
     assert p.time_to_target is None and not p.converged
-    p.record_eval(0.85, eval_s=1.0, train_s=10.0, target=0.9, training=True)
-    row = p.record_eval(0.91, eval_s=1.23456, train_s=20.123456, target=0.9, training=True)
-    assert row == {"epoch": 0, "step": 0, "accuracy": 0.91, "eval_s": 1.2346, "train_s": 20.1235}
-    assert p.time_to_target == 20.1235 and p.converged and p.best_acc == 0.95
-    p.record_eval(0.92, eval_s=1.0, train_s=30.0, target=0.9, training=True)
-    assert p.time_to_target == 20.1235
-    p.record_eval(0.5, eval_s=1.0, train_s=40.0, target=None, training=True)
+    p.record_eval(793, 872, eval_s=1.0, train_s=10.0, target=0.91, training=True)  # 0.9094: one row short
     assert not p.converged
+    row = p.record_eval(794, 872, eval_s=1.23456, train_s=20.123456, target=0.91, training=True)
+    assert row == {"epoch": 0, "step": 0, "accuracy": 794 / 872, "correct": 794, "total": 872,
+                   "acc_low": 0.889764, "acc_high": 0.927736, "eval_s": 1.2346, "train_s": 20.1235}  # fmt: skip
+    assert p.time_to_target == 20.1235 and p.converged and p.best_acc == 828 / 872
+    p.record_eval(800, 872, eval_s=1.0, train_s=30.0, target=0.91, training=True)
+    assert p.time_to_target == 20.1235
+    p.record_eval(436, 872, eval_s=1.0, train_s=40.0, target=None, training=True)
+    assert not p.converged
+
+
+def test_summary_gives_the_final_count_its_interval_and_the_count_the_target_needs():
+    p = Progress(evals_rows=[])
+    p.record_eval(794, 872, eval_s=1.0, train_s=5.0, target=0.91, training=True)
+    times = {"e2e": 9.0, "train": 6.0, "compile": 0.0, "eval": 1.0, "data": 0.0, "checkpoint": 0.0}
+    s = summary(p, times, target_acc=0.91, global_batch_size=32, world_size=1, peak_memory_gib=0.0)
+    assert (s["acc_correct"], s["dev_rows"], s["target_correct"]) == (794, 872, 794)
+    assert s["acc_interval"] == [0.889764, 0.927736]
+    assert (
+        summary(p, times, target_acc=None, global_batch_size=32, world_size=1, peak_memory_gib=0.0)["target_correct"]
+        is None
+    )
 
 
 def test_window_rates_leave_the_compiling_steps_rows_out():
