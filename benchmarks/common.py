@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from measure import PeakMemory
 
+from distil_kit import compare
 from distil_kit.config import RunConfig, parse_sets
 from distil_kit.engine import finetune
 from distil_kit.errors import KitError
@@ -137,6 +138,7 @@ def run_kit(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED, **
         "mem_kind": mem.kind,
         "compile_s": s["compile_time"],
         "dev_acc": s["acc"],
+        "dev_correct_rows": compare.correct_rows(run)[1],  # read now: the next run of this name replaces the folder
     }
 
 

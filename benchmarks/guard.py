@@ -1,14 +1,14 @@
 """Accuracy guard: the kit's fast mode against its plain mode, same data, same seed, one pair of runs per seed.
 
 Each pair trains one epoch on SST-2 (or its first ``--rows`` rows) from the pretrained MiniLM (or ``--model``) and
-evaluates on the dev set. The guard passes when the mean over the seeds of the paired differences (fast - plain,
-in accuracy points) is within ``--tolerance``; exit status 1 otherwise. The mean is printed with its standard error
-over the seeds: one epoch's accuracy moves with the seed, and one seed does not pair the two modes closely (they
-batch and pad differently, so dropout draws other masks), so several seeds are needed to tell a systematic loss
-from that spread.
+is scored on the same dev rows. The rule (``distil_kit.compare``): fast passes when the 95% interval of fast - plain
+(accuracy points) lies above -``--margin``, i.e. a loss of more than the margin is excluded; exit status 1
+otherwise. Over several seeds the interval is the t interval of the per-seed paired differences (one epoch's
+accuracy moves with the seed, and the two modes batch and pad differently, so dropout draws other masks); at one
+seed it is the paired bootstrap over the dev rows, which leaves the seed's own spread out.
 
-The CSV (one row per run, with the paired difference, the mean and its standard error) goes to bench_out/, which git
-ignores; ``--out benchmarks/results`` records a result.
+The CSV (one row per run, with the paired differences and the verdict) goes to bench_out/, which git ignores;
+``--out benchmarks/results`` records a result.
 
 Examples:
   python benchmarks/guard.py --seeds 0,1,2                        # full SST-2, MiniLM, three seeds
@@ -32,22 +32,26 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from measure import environment  # noqa: E402
 
+from distil_kit import compare, stats  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 from distil_kit.resolve import resolve_device  # noqa: E402
 
 
-def paired_differences(acc: dict, seeds: list[int]) -> pd.Series:
-    """fast - plain dev accuracy in points, per seed."""
-    return pd.Series({seed: 100 * (acc[seed, "fast"] - acc[seed, "plain"]) for seed in seeds})
-
-
-def standard_error(values: pd.Series) -> float | None:
-    """How far the mean of ``values`` moves with the draw of seeds; None for one seed."""
-    return values.std(ddof=1) / len(values) ** 0.5 if len(values) > 1 else None
+def verdict(paired: dict[int, stats.PairedComparison], margin: float) -> tuple[stats.Interval, bool, str]:
+    """The interval of fast - plain (points) the rule reads, whether it passes, and the sentence saying so."""
+    if len(paired) == 1:
+        (result,) = paired.values()
+        ok = compare.no_loss_beyond(result.interval, margin)
+        rule = f"a loss of more than {margin:g} point(s) is {'excluded' if ok else 'not excluded'}"
+        return result.interval, ok, f"{result.verdict('plain', 'fast')}; {'PASS' if ok else 'FAIL'} ({rule})"
+    seeds = sorted(paired)
+    differences = [paired[s].difference for s in seeds]
+    result = compare.SeedComparison(seeds, differences, *stats.mean_interval(differences))
+    return result.interval, compare.no_loss_beyond(result.interval, margin), result.verdict("plain", "fast", margin)
 
 
 def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
-    """Plain and fast runs per seed; passes when the mean of the paired (same-seed) differences is in tolerance."""
+    """Plain and fast runs per seed, compared row by row on the dev split; the verdict by ``verdict``."""
     device = resolve_device(args.device)
     fast_set, _ = common.fast_settings(args.fast_set)
     if args.threads:
@@ -62,12 +66,12 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
             f"accuracy guard: {model}, {len(train)} training rows, 1 epoch, plain vs fast, seeds {args.seeds}",
             flush=True,
         )
-        rows, acc = [], {}
+        rows, correct, paired = [], {}, {}
         for seed in args.seeds:
             for name, fast in (("plain", False), ("fast", True)):
                 extra = fast_set if fast else {}
                 r = common.run_kit(ctx, fast=fast, rows=len(train), name=name, seed=seed, **extra)
-                acc[seed, name] = r["dev_acc"]
+                correct[name] = r["dev_correct_rows"]
                 rows.append(
                     {
                         "seed": seed,
@@ -83,16 +87,17 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
                     f"    seed {seed} {name}: dev acc {r['dev_acc']:.4f}, {r['samples_per_s']:.1f} samples/s",
                     flush=True,
                 )
+            paired[seed] = stats.paired_comparison(correct["plain"], correct["fast"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    interval, ok, sentence = verdict(paired, args.margin)
     frame = pd.DataFrame(rows)
-    paired = paired_differences(acc, args.seeds)
-    frame["diff_points_fast_minus_plain"] = frame["seed"].map(paired)
-    frame["mean_diff_points"] = paired.mean()
-    frame["sem_diff_points"] = standard_error(paired)
-    frame["tolerance_points"] = args.tolerance
-    ok = abs(paired.mean()) <= args.tolerance
+    frame["diff_points_fast_minus_plain"] = frame["seed"].map({s: p.difference for s, p in paired.items()})
+    frame["mcnemar_p"] = frame["seed"].map({s: p.p_value for s, p in paired.items()})
+    frame["interval_low_points"], frame["interval_high_points"] = interval.low, interval.high
+    frame["margin_points"] = args.margin
     frame["passed"] = ok
+    frame["verdict"] = sentence
     common.lead_columns(frame, {**env, "rows": len(train), "model": model, "epochs": 1})
     return frame, ok
 
@@ -120,7 +125,12 @@ def parse_args(argv=None):
         default=[common.SEED],
         help="comma-separated seeds, one plain and one fast run each (default: 0)",
     )
-    p.add_argument("--tolerance", type=float, default=0.5, help="allowed |mean difference| in points (default: 0.5)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=compare.MARGIN_POINTS,
+        help=f"the loss of accuracy (points) the interval must exclude (default: {compare.MARGIN_POINTS:g})",
+    )
     p.add_argument("--model", default=None, help="model folder (default: the packaged pretrained all-MiniLM-L6-v2)")
     p.add_argument("--rows", type=int, default=None, help="first N training rows (default: all 67,349)")
     common.add_run_options(p)
@@ -138,12 +148,7 @@ def main(argv=None) -> int:
         return 2
     path = common.write_csv(frame, Path(args.out), "accuracy-guard")
     print(frame[["seed", "mode", "precision", "dev_acc", "samples_per_s", "seconds"]].to_string(index=False))
-    diff, sem = frame["mean_diff_points"].iloc[0], frame["sem_diff_points"].iloc[0]
-    spread = f" +- {sem:.2f} (standard error)" if pd.notna(sem) else ""
-    print(
-        f"fast - plain, mean over seeds {args.seeds}: {diff:+.2f}{spread} points (tolerance "
-        f"{args.tolerance}): {'PASS' if ok else 'FAIL'}\n{path}"
-    )
+    print(f"{frame['verdict'].iloc[0]}\n{path}")
     return 0 if ok else 1
 
 

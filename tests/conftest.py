@@ -49,3 +49,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield 1
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def varied_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny architecture drawn with a wide initialization: its dev predictions differ from row to row (the
+    default draw predicts one class everywhere), so a dev row missed or scored twice changes the accuracy."""
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig.from_pretrained(tiny_model, initializer_range=0.5)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("varied-model")
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH, GUARD = ROOT / "benchmarks" / "bench.py", ROOT / "benchmarks" / "guard.py"
@@ -116,7 +117,7 @@ def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, t
             "cpu",
             "--threads",
             "1",
-            "--tolerance",
+            "--margin",
             "100",
             "--data",
             str(sst2_dir),
@@ -134,10 +135,12 @@ def test_accuracy_guard_pairs_plain_and_fast_runs_per_seed(tmp_path, sst2_dir, t
     acc = frame.set_index(["seed", "mode"])["dev_acc"]
     paired = [100 * (acc[s, "fast"] - acc[s, "plain"]) for s in (0, 1)]
     assert frame["diff_points_fast_minus_plain"].tolist() == pytest.approx([paired[0]] * 2 + [paired[1]] * 2)
-    assert frame["mean_diff_points"].iloc[0] == pytest.approx(sum(paired) / 2)
-    assert frame["sem_diff_points"].iloc[0] == pytest.approx(abs(paired[0] - paired[1]) / 2)
-    assert frame["passed"].all() and (frame["rows"] == 64).all()
-    assert "PASS" in done.stdout
+    # two seeds: the t interval of the mean paired difference, which the rule reads against the margin
+    t = scipy_stats.ttest_1samp(paired, 0).confidence_interval()
+    assert frame["interval_low_points"].iloc[0] == pytest.approx(t.low)
+    assert frame["interval_high_points"].iloc[0] == pytest.approx(t.high)
+    assert frame["passed"].all() and (frame["rows"] == 64).all() and (frame["margin_points"] == 100).all()
+    assert "fast vs plain: " in done.stdout and "on the mean over 2 seeds" in done.stdout and "PASS" in done.stdout
 
 
 def test_accuracy_guard_refuses_repeated_seeds(tmp_path, sst2_dir, tiny_model):

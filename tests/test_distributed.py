@@ -266,20 +266,6 @@ def test_rank_0_failing_to_write_stops_every_rank_with_its_message(tiny_model, s
     assert f"error: rank 0 failed (KitError): {cause}" in output[1]
 
 
-@pytest.fixture(scope="module")
-def varied_model(tmp_path_factory, tiny_model) -> Path:
-    """The tiny architecture drawn with a wide initialization: its dev predictions differ from row to row (the
-    default draw predicts one class everywhere), so a dev row missed or scored twice changes the accuracy."""
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
-
-    config = DistilBertConfig.from_pretrained(tiny_model, initializer_range=0.5)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("varied-model")
-    DistilBertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("nproc", [2, 3])  # 872 dev rows: not a multiple of 3
 def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir, tmp_path):
     config = dict(

@@ -77,6 +77,7 @@ def test_mean_over_seeds_has_the_t_interval():
     assert mean == pytest.approx(0.175)
     assert interval.high - mean == pytest.approx(scipy_stats.t.ppf(0.975, 3) * sem)
     assert stats.mean_interval([0.4]) == (0.4, None)
+    assert stats.mean_interval([0.0, 0.0, 0.0]) == (0.0, stats.Interval(0.0, 0.0))
 
 
 def test_mlperf_time_drops_the_fastest_and_slowest_of_five_or_more():

@@ -1,0 +1,89 @@
+"""Seed sweeps: one run per seed, the sweep record, and a sweep continued after a stop."""
+
+import json
+import signal
+
+import pytest
+
+from distil_kit import Callback, RunConfig, sweep
+from distil_kit.engine import RunInterrupted
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+
+SEEDS = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def config(varied_model, sst2_dir) -> RunConfig:
+    return RunConfig.from_dict(
+        dict(
+            model=str(varied_model),
+            data_dir=str(sst2_dir),
+            epochs=2,
+            max_train_samples=64,
+            train_batch_size=16,
+            log_every=1,
+            target_acc=0.5,
+            save_model=False,
+            device="cpu",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def whole(config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "whole"
+    table = sweep.run_sweep(config.replace(output_dir=str(out)), SEEDS)
+    return out, table
+
+
+def test_one_run_per_seed_and_the_sweep_record(whole):
+    out, table = whole
+    assert table.seed.tolist() == SEEDS
+    assert [p.name for p in sorted(out.glob("seed-*"))] == ["seed-0", "seed-1", "seed-2"]
+    for seed, row in zip(SEEDS, table.itertuples(), strict=True):
+        summary = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
+        assert (row.correct, row.total, row.accuracy) == (summary["acc_correct"], 872, summary["acc"])
+        assert json.loads((out / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
+    assert table.accuracy.nunique() > 1, "seeds must draw different runs for the sweep to mean anything"
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["seeds"] == SEEDS and record["target_correct"] == 436
+    assert record["accuracy_mean"] == pytest.approx(table.accuracy.mean(), abs=1e-6)
+    assert record["accuracy_sd"] == pytest.approx(table.accuracy.std(ddof=1), abs=1e-6)
+    low, high = record["accuracy_mean_interval"]
+    assert low < record["accuracy_mean"] < high
+    assert record["pass_rate"] == f"{int(table.converged.sum())}/3"
+    assert (out / "sweep.csv").is_file()
+
+
+class StopDuringSeed(Callback):
+    """SIGINT (a Ctrl-C) in the middle of one seed's run."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_log(self, trainer, row):
+        if trainer.cfg.seed == self.seed and row["step"] == 3:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_stopped_sweep_continues_where_it_stopped(config, whole, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    cfg = config.replace(output_dir=str(out), checkpoint_every=2)
+    with pytest.raises(RunInterrupted):
+        sweep.run_sweep(cfg, SEEDS, callbacks=[StopDuringSeed(1)])
+    assert (out / "seed-0" / "summary.json").is_file() and not (out / "seed-1" / "summary.json").exists()
+    assert not (out / "seed-2").exists() and not (out / "sweep.json").exists()
+    first = (out / "seed-0" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    table = sweep.run_sweep(cfg, SEEDS)
+    assert (out / "seed-0" / "summary.json").stat().st_mtime_ns == first, "a finished seed is not trained again"
+    assert f"resuming from {out / 'seed-1' / 'checkpoints'}" in capsys.readouterr().out
+    # the continued sweep ends where the uninterrupted one did
+    assert table[["seed", "correct", "converged"]].equals(whole[1][["seed", "correct", "converged"]])
+
+
+def test_seeds_must_be_distinct(config, tmp_path):
+    with pytest.raises(sweep.KitError, match=r"parameter 'seeds'=\[1, 1\]: expected distinct whole numbers"):
+        sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [1, 1])
