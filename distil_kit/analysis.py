@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import reference
+from . import reference, stats
 from .atomic import write_csv_atomic
 from .records import THROUGHPUTS, Run
 
@@ -107,30 +107,43 @@ def _config_key(config: dict) -> str:
 def seed_groups(runs: list[Run]) -> pd.DataFrame:
     """One row per configuration, grouping runs whose configs differ only in ``SEED_IGNORED`` keys.
 
-    Means and sample standard deviations (ddof 1: NaN for a single run); time to target over the runs that
-    reached it, counted in ``reached_target``.
+    The final accuracy's mean with its t interval and sample standard deviation over seeds (NaN for a single run);
+    the pass rate (runs that reached the target) with its Wilson interval; time to target over the runs that
+    reached it, with MLPerf's mean (the fastest and slowest of five or more dropped).
     """
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(_config_key(run.config), []).append(run)
     rows = []
-    for members in groups.values():
+    for members in seed_group_runs(runs):
         acc = pd.Series([r.summary["acc"] for r in members], dtype=float)
         ttt = pd.Series([r.summary["time_to_target"] for r in members], dtype=float)  # None: not reached
+        mean, interval = stats.mean_interval(acc)
+        passed = stats.proportion(int(ttt.notna().sum()), len(members))
         rows.append(
             {
                 "label": run_label(members[0]),
                 "runs": len(members),
                 "seeds": ", ".join(str(r.config["seed"]) for r in members),
                 "folders": ", ".join(r.folder.name for r in members),
-                "final_acc_mean": acc.mean(),
+                "final_acc_mean": mean,
+                "final_acc_mean_low": interval.low if interval else np.nan,
+                "final_acc_mean_high": interval.high if interval else np.nan,
                 "final_acc_std": acc.std(),
-                "reached_target": int(ttt.notna().sum()),
+                "reached_target": passed.k,
+                "pass_rate_low": passed.interval.low,
+                "pass_rate_high": passed.interval.high,
                 "time_to_target_s_mean": ttt.mean(),
+                "time_to_target_s_mlperf": stats.mlperf_mean(ttt.dropna()),
                 "time_to_target_s_std": ttt.std(),
             }
         )
     return pd.DataFrame(rows)
+
+
+def seed_group_runs(runs: list[Run]) -> list[list[Run]]:
+    """``runs`` grouped as ``seed_groups`` groups them, in the same order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_config_key(run.config), []).append(run)
+    return list(groups.values())
 
 
 def confidence(predictions: pd.DataFrame) -> pd.Series:
@@ -153,22 +166,29 @@ def _bucket_names(edges) -> list[str]:
 
 
 def accuracy_by_length(runs: list[Run], edges=LENGTH_EDGES) -> pd.DataFrame:
-    """Dev accuracy per sentence-length bucket (whitespace-separated words), one row per run and bucket;
-    empty buckets are kept (accuracy NaN) so every run has the same rows."""
+    """Dev accuracy per sentence-length bucket (whitespace-separated words), one row per run and bucket, with the
+    bucket's correct count and 95% Wilson interval; empty buckets are kept (accuracy NaN) so every run has the same
+    rows."""
     names = _bucket_names(edges)
     frames = []
     for run, label in zip(runs, run_labels(runs), strict=True):
         p = run.predictions
         words = p.sentence.astype(str).str.split().str.len()
         bucket = pd.cut(words, edges, labels=names)
-        stats = (p.label == p.pred).groupby(bucket, observed=False).agg(["size", "mean"])
+        counts = (p.label == p.pred).groupby(bucket, observed=False).agg(["size", "sum"])
+        intervals = [
+            stats.proportion(k, n).interval if n else None for k, n in zip(counts["sum"], counts["size"], strict=True)
+        ]
         frames.append(
             pd.DataFrame(
                 {
                     "run": label,
                     "length_words": names,
-                    "sentences": stats["size"].to_numpy(),
-                    "accuracy": stats["mean"].to_numpy(),
+                    "sentences": counts["size"].to_numpy(),
+                    "correct": counts["sum"].to_numpy(),
+                    "accuracy": (counts["sum"] / counts["size"].where(counts["size"] > 0)).to_numpy(),
+                    "acc_low": [i.low if i else np.nan for i in intervals],
+                    "acc_high": [i.high if i else np.nan for i in intervals],
                 }
             )
         )

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from . import analysis
+from . import analysis, stats
 from .atomic import write_atomic
 from .data import Split
 from .records import THROUGHPUTS, Run
@@ -98,8 +100,9 @@ def accuracy_figure(runs: list[Run]) -> Figure:
     by_epoch, by_time = fig.subplots(1, 2, sharey=True)
     for run, label, color in zip(runs, labels, colors, strict=True):
         e = run.evals
-        by_epoch.plot(e.epoch, e.accuracy, color=color, marker="o", label=label)
-        by_time.plot(e.train_s, e.accuracy, color=color, marker="o", label=label)
+        for ax, x in ((by_epoch, e.epoch), (by_time, e.train_s)):
+            ax.plot(x, e.accuracy, color=color, marker="o", label=label)
+            ax.fill_between(x, e.acc_low, e.acc_high, color=color, alpha=0.15, lw=0)
     targets = sorted({float(r.config["target_acc"]) for r in runs if r.config["target_acc"] is not None})
     for ax in (by_epoch, by_time):
         for target in targets:
@@ -115,7 +118,8 @@ def accuracy_figure(runs: list[Run]) -> Figure:
     by_time.tick_params(labelleft=True)
     fig.suptitle("Dev accuracy while training")
     target = _style(f"target accuracy {', '.join(f'{t:g}' for t in targets)}", color="black", ls=":", lw=1)
-    _legend(fig, labels, colors, [target] if targets else [])
+    band = (Patch(color="0.3", alpha=0.15), "95% interval of the dev accuracy (Wilson, 872 sentences)")
+    _legend(fig, labels, colors, [band, target] if targets else [band])
     return fig
 
 
@@ -140,8 +144,6 @@ def throughput_figure(runs: list[Run]) -> Figure:
 def benchmark_figure(table) -> Figure:
     """The benchmark script's table (a CSV path or its DataFrame): samples/s per variant, with the ratios to
     FlagPerf's recipe and to the HF Trainer script written on the bars."""
-    import pandas as pd
-
     frame = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
     fig = _Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -304,14 +306,18 @@ def calibration_figure(runs: list[Run], bins: int = 10) -> Figure:
 
 
 def accuracy_by_length_figure(runs: list[Run]) -> Figure:
-    """Dev accuracy per sentence-length bucket (words), one line per run."""
+    """Dev accuracy per sentence-length bucket (words), one line per run, with 95% Wilson intervals (short and
+    long buckets hold few sentences: their intervals are wide)."""
     labels, colors = analysis.run_labels(runs), _colors(len(runs))
     table = analysis.accuracy_by_length(runs)
+    offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else [0.0]  # intervals side by side
     fig = _Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
     for label, color in zip(labels, colors, strict=True):
         rows = table[table.run == label]
-        ax.plot(np.arange(len(rows)), rows.accuracy, color=color, marker="o", label=label)
+        x = np.arange(len(rows)) + offsets[labels.index(label)]
+        error = [rows.accuracy - rows.acc_low, rows.acc_high - rows.accuracy]
+        ax.errorbar(x, rows.accuracy, yerr=error, color=color, marker="o", capsize=3, label=label)
     first = table[table.run == labels[0]]
     # Counts under the buckets only when every run saw the same dev sentences.
     shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
@@ -320,12 +326,64 @@ def accuracy_by_length_figure(runs: list[Run]) -> Figure:
         [f"{b}\n({n} sentences)" if shared else b for b, n in zip(first.length_words, first.sentences, strict=True)],
     )
     ax.set(
-        title="Dev accuracy by sentence length",
+        title="Dev accuracy by sentence length, with 95% intervals",
         xlabel="sentence length (words)",
         ylabel="dev accuracy (fraction correct)",
     )
     ax.grid(alpha=0.3)
     _legend(fig, labels, colors)
+    return fig
+
+
+def seeds_figure(runs: list[Run]) -> Figure:
+    """Runs repeated over seeds (grouped as ``analysis.seed_groups``): dev accuracy per epoch, each seed thin and
+    the mean with its 95% t interval over seeds as a band; time to target per seed, with the pass rate."""
+    groups = analysis.seed_group_runs(runs)
+    colors = _colors(len(groups))
+    fig = _Figure(figsize=(12, 5.5), layout="constrained")
+    curves, times = fig.subplots(1, 2, width_ratios=(3, 2))
+    names = []
+    for i, (members, color) in enumerate(zip(groups, colors, strict=True)):
+        frame = pd.concat([r.evals.assign(seed=r.config["seed"]) for r in members])
+        for _, e in frame.groupby("seed"):
+            curves.plot(e.epoch, e.accuracy, color=color, lw=0.8, alpha=0.5)
+        by_epoch = frame.groupby("epoch").accuracy
+        mean = by_epoch.mean()
+        bands = [stats.mean_interval(values)[1] for _, values in by_epoch]
+        low = [b.low if b else np.nan for b in bands]
+        high = [b.high if b else np.nan for b in bands]
+        curves.plot(mean.index, mean, color=color, lw=2.5)
+        curves.fill_between(mean.index, low, high, color=color, alpha=0.2, lw=0)
+        ttt = [(r.config["seed"], r.summary["time_to_target"]) for r in members]
+        reached = [(seed, t) for seed, t in ttt if t is not None]
+        times.scatter([t for _, t in reached], [i] * len(reached), color=color, zorder=3)
+        passed = stats.proportion(len(reached), len(members))
+        names.append(
+            f"{analysis.run_label(members[0])}: {len(members)} seeds, reached the target {passed.k}/{passed.n} "
+            f"(95% interval {passed.interval.low:.0%}-{passed.interval.high:.0%})"
+        )
+    targets = sorted({float(r.config["target_acc"]) for r in runs if r.config["target_acc"] is not None})
+    for target in targets:
+        curves.axhline(target, color="black", ls=":", lw=1)
+    curves.set(title="Dev accuracy per epoch over seeds", xlabel="epoch", ylabel="dev accuracy (fraction correct)")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    times.set(
+        title="Time to target per seed (runs that reached it)",
+        xlabel="training seconds to the target accuracy",
+        ylabel="configuration (legend)",
+        yticks=range(len(groups)),
+        yticklabels=[f"group {i + 1}" for i in range(len(groups))],
+        ylim=(-0.5, len(groups) - 0.5),
+    )
+    times.invert_yaxis()
+    for ax in (curves, times):
+        ax.grid(alpha=0.3)
+    extra = [
+        _style("one seed", lw=0.8, alpha=0.5),
+        _style("mean over seeds", lw=2.5),
+        (Patch(color="0.3", alpha=0.2), "95% interval of the mean (t, over seeds)"),
+    ]
+    _legend(fig, [f"group {i + 1}: {n}" for i, n in enumerate(names)], colors, extra)
     return fig
 
 
@@ -372,6 +430,7 @@ def figures(runs: list[Run], published: bool = True) -> dict[str, Figure]:
         "confusion": confusion_figure(runs),
         "calibration": calibration_figure(runs),
         "accuracy_by_length": accuracy_by_length_figure(runs),
+        "seeds": seeds_figure(runs),
     }
 
 

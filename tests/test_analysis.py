@@ -17,7 +17,7 @@ from distil_kit.data import Split
 from distil_kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length")
+FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length", "seeds")
 TABLES = ("comparison", "seeds", "confidently_wrong", "accuracy_by_length")
 WORDS = "the a film movie is not good bad quite charming dull and but with its story acting funny".split()
 
@@ -364,7 +364,8 @@ def test_accuracy_figure_without_target(runs, tmp_path):
     (folder / "config.json").write_text(json.dumps({**run.config, "target_acc": None}))
     untargeted = records.Run.read(folder)
     fig = plots.accuracy_figure([untargeted])
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == [analysis.run_label(run)]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[0] == analysis.run_label(run) and not any("target" in text for text in texts)
 
 
 def test_token_length_histogram():

@@ -83,8 +83,17 @@ def test_time_to_target_is_the_first_training_evaluation_that_reaches_it():
     p.record_eval(793, 872, eval_s=1.0, train_s=10.0, target=0.91, training=True)  # 0.9094: one row short
     assert not p.converged
     row = p.record_eval(794, 872, eval_s=1.23456, train_s=20.123456, target=0.91, training=True)
-    assert row == {"epoch": 0, "step": 0, "accuracy": 794 / 872, "correct": 794, "total": 872,
-                   "acc_low": 0.889764, "acc_high": 0.927736, "eval_s": 1.2346, "train_s": 20.1235}  # fmt: skip
+    assert row == {
+        "epoch": 0,
+        "step": 0,
+        "accuracy": 794 / 872,
+        "correct": 794,
+        "total": 872,
+        "acc_low": 0.889764,
+        "acc_high": 0.927736,
+        "eval_s": 1.2346,
+        "train_s": 20.1235,
+    }
     assert p.time_to_target == 20.1235 and p.converged and p.best_acc == 828 / 872
     p.record_eval(800, 872, eval_s=1.0, train_s=30.0, target=0.91, training=True)
     assert p.time_to_target == 20.1235
