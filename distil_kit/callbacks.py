@@ -8,7 +8,9 @@ Every event gets the ``engine.Trainer`` (its ``cfg``, ``world``, ``progress``, `
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: in a kernel tqdm.auto wants ipywidgets and warns without it; a notebook gets
+# notebook.NotebookProgress instead (default_progress), terminals and torchrun's ranks these text bars.
+from tqdm.std import tqdm
 
 
 class Callback:
@@ -93,5 +95,11 @@ class TqdmProgress(Callback):
 
 
 def default_progress() -> Callback:
-    """The progress display a run shows where nothing else is asked for: terminal bars."""
+    """The progress display a run shows: in a Jupyter kernel (JupyterLab, the classic notebook, VS Code, papermill)
+    one HTML display updated in place (``notebook.NotebookProgress``); elsewhere (the CLI, torchrun's ranks, CI
+    logs) terminal bars."""
+    from . import notebook
+
+    if notebook.in_kernel():
+        return notebook.progress_display()
     return TqdmProgress()

@@ -1,0 +1,257 @@
+"""The kit in a Jupyter kernel: the progress display, clean stops, one-line errors, paths, the notebook files.
+
+Kernels are real (ipykernel's python3, started by nbclient or papermill) and import this checkout (PYTHONPATH).
+The browser's view of the same is tests/test_browser.py.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from distil_kit import callbacks, notebook
+from distil_kit.notebook import View, clock, eta_seconds, project_root
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+STDERR = "stderr"
+
+
+# --- without a kernel -------------------------------------------------------------------------------------------
+
+
+def test_eta_is_the_remaining_steps_at_the_mean_rate_plus_the_evaluations_left():
+    assert eta_seconds(0, 20, 0.0, 2, None) is None  # nothing trained yet: unknown
+    assert eta_seconds(10, 20, 5.0, 1, 2.0) == pytest.approx(5.0 + 2.0)
+    assert eta_seconds(20, 20, 9.0, 0, 2.0) == 0.0
+    assert [clock(None), clock(59.6), clock(61), clock(3725)] == ["?", "1:00", "1:01", "1:02:05"]
+
+
+def _view(**changes) -> View:
+    evals = [
+        {"epoch": e, "step": 10 * e, "accuracy": 0.5092, "correct": 444, "total": 872, "acc_low": 0.476}
+        | {"acc_high": 0.542, "eval_s": 0.3, "train_s": 10.0 * e}
+        for e in range(3)
+    ]
+    values = dict(
+        folder="runs/<a&b>",
+        plan="300 training rows",
+        step=20,
+        total_steps=20,
+        epoch=2,
+        epochs=2,
+        trained_s=21.0,
+        eta_s=None,
+        loss=0.69312,
+        samples_per_s=38.5,
+        evals=evals,
+        status="finished: 2 epoch(s) run",
+    )
+    return View(**{**values, **changes})
+
+
+def test_view_text_is_the_final_state_in_a_few_lines():
+    lines = _view().text().splitlines()
+    assert lines[0] == "runs/<a&b>: 300 training rows"
+    assert lines[1] == "step 20/20 (100%) · epoch 2/2 · trained 0:21 · loss 0.6931 · 38.5 samples/s"
+    assert lines[2].split() == ["epoch", "step", "dev", "accuracy", "correct", "95%", "interval", "training", "s"]
+    assert lines[3].split()[:4] == ["0", "(before", "training)", "0"] and "444/872" in lines[3]
+    assert lines[5].split() == ["2", "20", "0.5092", "444/872", "0.476–0.542", "20.0"]
+    assert lines[-1] == "finished: 2 epoch(s) run" and len(lines) == 7
+    running = _view(step=5, epoch=1, eta_s=75.0, status="").text().splitlines()
+    assert "step 5/20 (25%) · epoch 1/2 · trained 0:21, ETA 1:15" in running[1] and len(running) == 6
+
+
+def test_view_html_escapes_and_holds_a_row_per_evaluation():
+    page = _view().html()
+    assert "runs/&lt;a&amp;b&gt;" in page and "<a&b>" not in page
+    assert page.count("<tr>") == 1 + 3 and '<progress value="20" max="20"' in page
+
+
+def test_project_root_is_above_the_kits_notebooks_folder_only(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    assert project_root(tmp_path / "notebooks") == tmp_path / "notebooks"  # no kit notebook in it
+    (tmp_path / "notebooks" / "finetune.ipynb").write_text("{}")
+    assert project_root(tmp_path / "notebooks") == tmp_path
+    assert project_root(tmp_path) == tmp_path
+
+
+def test_terminal_runs_get_tqdm_bars():
+    assert not notebook.in_kernel()
+    assert type(callbacks.default_progress()) is callbacks.TqdmProgress
+
+
+# --- the notebook files -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_file_opens_unchanged_on_the_one_kernel(path):
+    """nbformat 4.5 with cell ids and written as Jupyter writes it, so opening and saving changes nothing; the
+    kernel is python3, the one the README and CI use."""
+    text = path.read_text()
+    raw = json.loads(text)
+    assert (raw["nbformat"], raw["nbformat_minor"]) == (4, 5) and all(c.get("id") for c in raw["cells"])
+    assert raw["metadata"]["kernelspec"]["name"] == "python3"
+    assert nbformat.writes(nbformat.reads(text, as_version=nbformat.NO_CONVERT)) + "\n" == text
+    assert not nbformat.validate(nbformat.reads(text, as_version=4))
+
+
+def test_readme_and_ci_name_the_notebooks_kernel():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    assert "--name distil-kit" not in readme
+    assert "--name python3" in ci and "python3" in readme
+
+
+# --- in a kernel ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    """Kernels import this checkout and train on one thread (see conftest.one_thread)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def _execute(sources: list[str], cwd: Path, timeout: int = 240) -> list[list[dict]]:
+    """Run ``sources`` as the cells of one notebook in a python3 kernel started in ``cwd``; each cell's outputs."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=timeout, allow_errors=True, resources={"metadata": {"path": str(cwd)}}
+    )
+    client.execute()
+    return [c.outputs for c in nb.cells]
+
+
+def _text(outputs: list[dict], name: str | None = None) -> str:
+    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and name in (None, o.name))
+
+
+def test_kernel_setup_paths_errors_and_progress_choice(kernel_env, tmp_path):
+    kit = tmp_path / "kit"
+    shutil.copytree(ROOT / "notebooks", kit / "notebooks")
+    cells = _execute(
+        [
+            "import os\nfrom distil_kit import callbacks, notebook\nnotebook.setup()\nprint(os.getcwd())",
+            "import transformers.utils.logging  # imports tqdm.auto, which warns in a kernel without ipywidgets",
+            "print(type(callbacks.default_progress()).__name__)",
+            "from distil_kit import KitError\nraise KitError('output_dir runs/x holds a finished run')",
+            "raise ValueError('a bug')",
+        ],
+        cwd=kit / "notebooks",
+    )
+    moved, imported, chosen, kit_error, bug = cells
+    assert _text(moved).splitlines() == [
+        f"working directory: {kit} (relative paths start here, as from the repository root)",
+        str(kit),
+    ]
+    assert _text(chosen) == "NotebookProgress\n"
+    assert not _text(imported, STDERR), _text(imported, STDERR)  # no "TqdmWarning: IProgress not found"
+    (error,) = kit_error
+    assert error.output_type == "error" and error.ename == "KitError"  # still an error: papermill stops on it
+    assert error.traceback == ["\x1b[0;31mKitError\x1b[0m: output_dir runs/x holds a finished run"]
+    (error,) = bug
+    assert error.ename == "ValueError" and len(error.traceback) > 1  # a real bug keeps its traceback
+
+
+STOP_AT_STEP_3 = """
+import os, signal
+from distil_kit import Callback
+
+class Interrupt(Callback):  # what the kernel's interrupt does: SIGINT to the kernel process, once
+    sent = False
+
+    def on_log(self, trainer, row):
+        if trainer.progress.step >= 3 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+def test_interrupt_in_a_kernel_is_one_message_and_leaves_the_partial_run(kernel_env, tmp_path, tiny_model, sst2_dir):
+    config = {
+        "model": str(tiny_model),
+        "data_dir": str(sst2_dir),
+        "output_dir": "runs/stopped",
+        "epochs": 1,
+        "max_train_samples": 640,
+        "log_every": 1,
+        "save_model": False,
+    }
+    cells = _execute(
+        [
+            f"from distil_kit import RunConfig, notebook, plots\nnotebook.setup()\n{STOP_AT_STEP_3}",
+            f"run = notebook.finetune(RunConfig.from_dict({config!r}), callbacks=[Interrupt()])",
+            "print(run.folder, run.finished, run.steps.step.max())\nnotebook.figure_so_far(run)",
+        ],
+        cwd=tmp_path,
+    )
+    _, trained, after = cells
+    assert [o.output_type for o in trained] == ["display_data", "display_data", "stream"], trained
+    # the signal arrives during step 3's log row; the loop sees it after the step under way then, step 4
+    assert "stopped by SIGINT after step 4" in trained[0].data["text/plain"].splitlines()[-1]
+    assert trained[1].data["image/png"]
+    first, then = _text(trained).splitlines()
+    assert trained[2].name == "stdout" and first == (
+        "Stopped (SIGINT) after step 4 of 20; checkpoint saved in runs/stopped/checkpoints."
+    )
+    assert then.startswith('To continue: set resume = True and output_dir = "runs/stopped" in the parameters cell')
+    assert _text(after).startswith("runs/stopped False 4") and "image/png" in after[-1].data
+    assert any((tmp_path / "runs" / "stopped" / "checkpoints").iterdir())
+
+
+# --- the notebooks, run as papermill runs them -------------------------------------------------------------------
+
+
+def _papermill(notebook_path: Path, out: Path, cwd: Path, **parameters) -> nbformat.NotebookNode:
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook_path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3", progress_bar=False
+    )
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.mark.slow
+def test_notebooks_from_the_notebooks_folder_show_progress_and_resolve_paths(
+    kernel_env, tmp_path, tiny_model, sst2_dir
+):
+    """finetune then analysis, each started in notebooks/ (as JupyterLab starts them) with relative paths: the run
+    lands under the project root, the training cell shows one display in its final state and a figure, and no
+    cell writes to stderr."""
+    kit = tmp_path / "kit"
+    shutil.copytree(ROOT / "notebooks", kit / "notebooks")
+    parameters = {"model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": "runs/nb", "epochs": 2}
+    parameters |= {"max_train_samples": 256, "target_acc": None, "save_model": False, "log_every": 2}
+    nb = _papermill(
+        kit / "notebooks" / "finetune.ipynb", tmp_path / "finetune-out.ipynb", kit / "notebooks", **parameters
+    )
+    assert (kit / "runs" / "nb" / "summary.json").is_file()
+    train = next(c for c in nb.cells if "notebook.finetune(" in c.source)
+    progress, figure = train.outputs
+    text = progress.data["text/plain"].splitlines()
+    assert "distil-kit-progress" in progress.data["text/html"] and len(text) <= 15
+    assert text[1].startswith("step 16/16 (100%) · epoch 2/2") and text[-1].startswith("finished: 2 epoch(s) run")
+    assert [line.split()[0] for line in text[3:-1]] == ["0", "1", "2"]  # one row per evaluation
+    assert figure.data["image/png"]
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o.text for o in outputs if o.output_type == "stream" and o.name == STDERR]
+
+    analysis = _papermill(
+        kit / "notebooks" / "analysis.ipynb",
+        tmp_path / "analysis-out.ipynb",
+        kit / "notebooks",
+        runs="runs/*",  # one glob string
+        out_dir="analysis_out",
+    )
+    comparison = (kit / "analysis_out" / "comparison.csv").read_text()
+    assert str(Path("runs") / "nb") in comparison
+    printed = "".join(o.get("text", "") for c in analysis.cells for o in c.get("outputs", []))
+    assert f"no benchmark CSV matches ['benchmarks/results/bench-*.csv'] under {kit}" in printed
