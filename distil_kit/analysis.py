@@ -7,6 +7,7 @@ are in ``distil_kit.plots``.
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from . import reference, stats
 from .atomic import write_csv_atomic
+from .errors import KitError
 from .records import THROUGHPUTS, Run
 
 # Comparison-table column: summary.json key (published rows use the same keys, see reference.COLUMNS).
@@ -236,13 +238,21 @@ def save_tables(frames: dict[str, pd.DataFrame], out_dir) -> list[Path]:
     return [write_csv_atomic(out / f"{name}.csv", frame) for name, frame in frames.items()]
 
 
-def report(runs: list[Run], out_dir, published: bool = True) -> dict[str, Path]:
-    """Every figure (PNG) and table (CSV) of ``runs`` into ``out_dir``; returns the written files by name.
-    Every run's files are read and checked first, so a bad run folder stops the report before anything is written."""
+def report(runs: list[Run], out_dir, published: bool = True, benchmarks=()) -> dict[str, Path]:
+    """Every figure (PNG) and table (CSV) of ``runs``, and a figure per benchmark CSV in ``benchmarks`` (paths or
+    glob patterns as ``plots.find_benchmarks`` takes them, or one pattern), into ``out_dir``; returns the written
+    files by name. What the CLI's ``report`` and the analysis notebook write.
+
+    Every run's files are read and checked first, and a benchmark named as a path must exist, so bad input stops
+    the report before anything is written."""
     from . import plots  # imported here: plots builds on this module
 
     for run in runs:
         run.check()
-    figures = plots.figures(runs, published)
+    benchmarks = [benchmarks] if isinstance(benchmarks, (str, Path)) else list(benchmarks)  # one pattern, or a list
+    missing = [str(b) for b in benchmarks if not glob.has_magic(str(b)) and not Path(b).is_file()]
+    if missing:
+        raise KitError(f"benchmark CSV {missing[0]} not found; expected a CSV written by benchmarks/bench.py")
+    figures = {**plots.figures(runs, published), **plots.benchmark_figures(plots.find_benchmarks(list(benchmarks)))}
     written = plots.save_figures(figures, out_dir) + save_tables(tables(runs, published), out_dir)
     return {path.name: path for path in written}

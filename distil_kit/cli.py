@@ -1,12 +1,16 @@
-"""``python -m distil_kit``: preprocess, finetune, report — thin wrappers over the package's functions."""
+"""python -m distil_kit: preprocess, finetune, report, random-model: thin wrappers over the package's functions."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import textwrap
 
 from .errors import KitError
+
+BENCHMARKS = ("benchmarks/results/bench-*.csv",)  # the analysis notebook's default `benchmarks`
 
 
 def _preprocess(args) -> None:
@@ -37,7 +41,7 @@ def _report(args) -> None:
     from .analysis import report
     from .records import find_runs
 
-    for path in report(find_runs(args.runs), args.out).values():
+    for path in report(find_runs(args.runs), args.out, benchmarks=args.benchmarks).values():
         print(path)
 
 
@@ -47,32 +51,82 @@ def _random_model(args) -> None:
     print(save_random_distilbert(args.out, args.tokenizer, tiny=not args.base))
 
 
+def parameters_help() -> str:
+    """Every ``RunConfig`` parameter with its type, default and help: the finetune command's epilog."""
+    import dataclasses
+    import typing
+
+    from .config import RunConfig, _base_type
+
+    hints, lines = typing.get_type_hints(RunConfig), ["parameters (--set NAME=VALUE, or NAME: VALUE in --params):"]
+    for f in dataclasses.fields(RunConfig):
+        base, optional = _base_type(hints[f.name])
+        kind = f"{base.__name__} or null" if optional else base.__name__
+        default = "null" if f.default is None else json.dumps(f.default)
+        entry = f"{f.name} ({kind}, default {default}): {f.metadata['help']}"
+        lines.append(textwrap.fill(entry, width=100, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distil_kit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("preprocess", help="tokenize SST-2 into FlagPerf's npz schema")
-    s.add_argument("--source", required=True, help="GLUE TSV folder, FlagPerf data folder, or 'hub'")
+    s.add_argument(
+        "--source", required=True, help="GLUE TSV folder (train.tsv, dev.tsv), FlagPerf data folder, or 'hub'"
+    )
     s.add_argument("--tokenizer", required=True, help="hub id or local folder of the model's tokenizer")
     s.add_argument("--out", required=True, help="output folder; files go to <out>/dataset/")
-    s.add_argument("--padding", choices=("longest", "max_length"), default="longest")
-    s.add_argument("--max-length", type=int, default=512)
+    s.add_argument(
+        "--padding",
+        choices=("longest", "max_length"),
+        default="longest",
+        help="longest: each split padded to its longest row (compact); max_length: FlagPerf's fixed width "
+        "(default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="width of max_length padding; longer rows are truncated (default: %(default)s, FlagPerf's)",
+    )
     s.set_defaults(func=_preprocess)
 
-    s = sub.add_parser("finetune", help="fine-tune with FlagPerf's recipe; writes a run folder")
+    s = sub.add_parser(
+        "finetune",
+        help="fine-tune with FlagPerf's recipe; writes a run folder",
+        description="Fine-tune with FlagPerf's recipe and write a run folder (docs/run-folder.md).\n"
+        "Parameters come from --params, then each --set in order (the last wins); values read as YAML\n"
+        "(null, true, 3, 5e-5), text parameters as typed.",
+        epilog=parameters_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--params", help="YAML parameter file (see params/)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
     s.add_argument("--resume", action="store_true", help="continue the unfinished run in output_dir")
     s.set_defaults(func=_finetune)
 
-    s = sub.add_parser("report", help="figures and comparison table of run folders")
-    s.add_argument("runs", nargs="+", help="run folders or globs")
-    s.add_argument("--out", required=True, help="folder for the PNGs and CSV")
+    s = sub.add_parser("report", help="figures and tables of run folders (what the analysis notebook writes)")
+    s.add_argument("runs", nargs="+", help="run folders or glob patterns (a pattern keeps the finished runs)")
+    s.add_argument(
+        "--out", default="report_out", help="folder for the PNG figures and CSV tables (default: %(default)s)"
+    )
+    s.add_argument(
+        "--benchmarks",
+        nargs="*",
+        default=list(BENCHMARKS),
+        metavar="CSV",
+        help="benchmark CSVs (benchmarks/bench.py) or glob patterns to plot; none: no benchmark figures "
+        "(default: %(default)s)",
+    )
     s.set_defaults(func=_report)
 
     s = sub.add_parser("random-model", help="save a random-initialized DistilBERT (for tests and throughput)")
-    s.add_argument("--tokenizer", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument(
+        "--tokenizer", required=True, help="hub id or local folder whose tokenizer (and vocabulary) to use"
+    )
+    s.add_argument("--out", required=True, help="folder to save the model and tokenizer into")
     s.add_argument("--base", action="store_true", help="the full distilbert-base architecture, not a tiny one")
     s.set_defaults(func=_random_model)
     return p

@@ -1,14 +1,18 @@
 """``RunConfig``: every parameter of a fine-tuning run, its default, type and help; loading and validation.
 
-Built from a dict (papermill parameters), a YAML file, or CLI ``--set key=value`` strings. Unknown keys and
-wrong types are rejected with a one-line error naming the parameter. ``None`` on a switch means "decided at run
-time" (by ``fast`` and the device); the run's ``config.json`` records the resolved values.
+Built from a dict (papermill parameters, ``notebook_config`` in the finetune notebook), a YAML file, or CLI
+``--set key=value`` strings. Unknown keys (with the nearest known name) and wrong types are rejected with a
+one-line error naming the parameter. ``None`` on a switch means "decided at run time" (by ``fast`` and the
+device); the run's ``config.json`` records the resolved values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,7 @@ class RunConfig:
     save_model: bool = _p(True, "save the fine-tuned model and tokenizer into <output_dir>/model")
     log_every: int = _p(10, "optimizer steps per steps.csv row (the only host sync of the loss)")
     checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
+    keep_checkpoints: bool = _p(False, "keep <output_dir>/checkpoints once the run has finished; false: remove them")
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
     fast: bool = _p(
@@ -85,7 +90,7 @@ class RunConfig:
     def from_dict(cls, values: dict, source: str = "parameters") -> RunConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise KitError(f"{source}: unknown parameter {unknown[0]!r}; known: {', '.join(cls.field_names())}")
+            raise KitError(f"{source}: {unknown_parameter(unknown[0], cls.field_names())}")
         hints = typing.get_type_hints(cls)
         checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
         config = cls(**checked)
@@ -138,14 +143,30 @@ def _base_type(hint) -> tuple[type, bool]:
     return (next(a for a in args if a is not type(None)) if optional else hint), optional
 
 
+def unknown_parameter(name: str, known) -> str:
+    """The error for an unknown parameter: "unknown parameter 'epoch'; did you mean 'epochs'?", or the known names
+    when none is close."""
+    # a near miss (epoch for epochs), else a shortened name (nproc for nproc_per_node)
+    shortened = [k for k in known if len(name) >= 3 and k.startswith(name)]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6) or shortened[:1]
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    return f"unknown parameter {name!r}; {hint}"
+
+
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+# A decimal number as people write one (5e-5, 3e-5, 1.0e-4, .5, 2): YAML 1.1, which PyYAML and papermill's -f/-y
+# speak, reads exponents without a dot ("1e-3") as strings. No nan, inf, hex or underscores.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(name: str, value, hint):
-    """``value`` checked against ``hint`` (int, float, bool, str, or X | None); ints are accepted as floats."""
+    """``value`` checked against ``hint`` (int, float, bool, str, or X | None); ints are accepted as floats, and so
+    are strings that are decimal numbers (YAML 1.1's ``1e-3``), converted exactly as Python reads them."""
     base, optional = _base_type(hint)
     if value is None and optional:
         return None
+    if base is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
     ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or (
         base is float and isinstance(value, int) and not isinstance(value, bool)
     )
@@ -169,16 +190,21 @@ def read_yaml(path) -> dict:
 
 
 def parse_sets(items: list[str]) -> dict:
-    """``key=value`` strings, each value read as YAML (so ``epochs=3`` is an int and ``target_acc=null`` None)."""
-    values = {}
+    """``key=value`` strings, each value read as YAML (so ``epochs=3`` is an int and ``target_acc=null`` None),
+    except that a string parameter keeps its text as typed (``output_dir=2024`` is the folder "2024")."""
+    hints, values = typing.get_type_hints(RunConfig), {}
     for item in items:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise KitError(f"--set {item!r}: expected key=value")
         try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            values[key.strip()] = raw
+            value = raw
+        if key in hints and _base_type(hints[key])[0] is str and value is not None:
+            value = raw
+        values[key] = value
     return values
 
 
@@ -189,3 +215,38 @@ def load_config(params_file=None, sets: list[str] | None = None, **overrides) ->
     values.update(parse_sets(sets or []))
     values.update(overrides)
     return RunConfig.from_dict(values, source=source)
+
+
+# Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.
+_KERNEL_NAMES = ("In", "Out", "PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
+
+
+def _literal(value) -> bool:
+    return value is None or type(value) in (int, float, str, bool, list, dict)
+
+
+def notebook_config(namespace: dict, notebook: str, **own) -> RunConfig:
+    """The finetune notebook's ``RunConfig``, from its globals after the parameters cell (and papermill's injected
+    one): every ``RunConfig`` field found in ``namespace``; ``own`` names the notebook's other parameters with their
+    defaults (``nproc_per_node=1``).
+
+    A parameter papermill injected that the parameters cell does not declare (papermill only warns) is an error
+    naming the nearest known one: any literal-valued global (int, float, str, bool, None, list, dict) not starting
+    with "_" that is neither a field nor in ``own``. The notebook (``JPY_SESSION_NAME`` where JupyterLab sets it,
+    papermill's ``PAPERMILL_INPUT_PATH`` with ``--inject-paths``, else ``notebook``) and the parameters that differ
+    from their defaults are recorded for the run's manifest (``records.record_notebook_launch``).
+    """
+    from . import records  # imported here: records does not need the config
+
+    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    known = [*fields, *own]
+    for name, value in namespace.items():
+        if name not in known and name not in _KERNEL_NAMES and not name.startswith("_") and _literal(value):
+            raise KitError(f"notebook parameters: {unknown_parameter(name, known)}")
+    values = {name: namespace[name] for name in fields if name in namespace}
+    config = RunConfig.from_dict(values, source="notebook parameters")
+    defaults = {**fields, **own}
+    changed = {name: namespace[name] for name in defaults if name in namespace and namespace[name] != defaults[name]}
+    path = os.environ.get("JPY_SESSION_NAME") or namespace.get("PAPERMILL_INPUT_PATH") or notebook
+    records.record_notebook_launch(str(path), changed)
+    return config

@@ -111,13 +111,22 @@ def load_sst2(source: str | os.PathLike | None = "hub", vocab_size: int | None =
 # --- the hub --------------------------------------------------------------------------------------------------
 
 
+def check_source(source: str | os.PathLike | None) -> str:
+    """``source_kind``, and for the hub whether it can be reached: a source checked before any work."""
+    kind = source_kind(source)
+    if kind == "hub" and not hub.reachable():
+        from .modeling import offline_reason
+
+        raise KitError(
+            f"data source 'hub' (data_dir, or --source): the Hugging Face hub is out of reach ({offline_reason()}); "
+            f"pass a GLUE TSV folder (train.tsv, dev.tsv) or a FlagPerf data folder (dataset/*.npz) instead"
+        )
+    return kind
+
+
 def load_hub() -> dict[str, Split]:
     """SST-2 through ``datasets.load_dataset``; fails at once, naming the local options, when offline."""
-    if not hub.reachable():
-        raise KitError(
-            "the Hugging Face hub is out of reach; pass a GLUE TSV folder (train.tsv, dev.tsv) or a "
-            "FlagPerf data folder (dataset/*.npz) as the data source instead"
-        )
+    check_source("hub")
     import datasets  # imported here: the GPU machines and most runs never need it
 
     try:

@@ -12,6 +12,7 @@ seen before when compiling or capturing CUDA graphs (that step's time is compile
 from __future__ import annotations
 
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -366,6 +367,8 @@ def _save_final(trainer: Trainer, result: dict) -> None:
 
         replace_dir(trainer.out / "model", save)
     write_json_atomic(trainer.out / "summary.json", result)  # last: its presence marks the run finished
+    if not trainer.cfg.keep_checkpoints:  # a finished run is never resumed: its checkpoints only take space
+        shutil.rmtree(trainer.out / "checkpoints", ignore_errors=True)
 
 
 def _start_run_folder(trainer: Trainer) -> None:

@@ -1,10 +1,19 @@
-"""Tokenizer and model loading from a hub id or a local folder, with one-line errors for unusable folders."""
+"""Tokenizer and model loading from a hub id or a local folder, with one-line errors for unusable folders.
+
+A hub id is loaded from the hub when it can be reached (``hub.reachable``, asked once, quickly), else from the local
+cache only: offline, a hub id that is not cached fails at once, naming the parameter and the local alternatives,
+instead of waiting for the hub client's retries.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
 from pathlib import Path
 
+from . import hub
 from .errors import KitError
 
 DEFAULT_MODEL = "distilbert-base-uncased"
@@ -39,13 +48,53 @@ def _from_hub_error(name: str, what: str, e: Exception) -> KitError:
     )
 
 
-def load_tokenizer(name: str):
-    """``AutoTokenizer.from_pretrained`` on a hub id or a folder."""
+# How errors name a hub id's parameter, and what to pass instead of it.
+MODEL_PARAMETER = "parameter 'model'={name}"
+LOCAL_MODEL = (
+    "set model to a local folder saved with save_pretrained (config, weights, tokenizer files), or data_dir to a "
+    "FlagPerf data folder holding model/ (README: Offline)"
+)
+LOCAL_TOKENIZER = "pass a local folder holding the tokenizer files (vocab.txt or tokenizer.json), e.g. a model folder"
+
+
+def offline_reason() -> str:
+    """Why ``hub.reachable()`` said no, in a few words."""
+    offline = [v for v in hub.OFFLINE_VARIABLES if os.environ.get(v, "0") not in ("0", "")]
+    return f"{offline[0]} is set" if offline else "no network"
+
+
+def _offline_error(name: str, parameter: str, local: str) -> KitError:
+    return KitError(
+        f"{parameter.format(name=repr(name))} is a hub id, but the Hugging Face hub is out of reach "
+        f"({offline_reason()}) and the local cache has no copy of it; {local}"
+    )
+
+
+def _cached(name: str) -> bool:
+    """Whether the local hub cache holds ``name``'s config (no network asked)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_kwargs(name: str, parameter: str, local: str) -> dict:
+    """``from_pretrained`` keywords for a hub id: none when the hub can be reached (the client as usual), else the
+    local cache only; nothing cached and no hub is an error at once."""
+    if hub.reachable():
+        return {}
+    if not _cached(name):
+        raise _offline_error(name, parameter, local)
+    return {"local_files_only": True}
+
+
+def load_tokenizer(name: str, parameter: str = "tokenizer {name} (--tokenizer)"):
+    """``AutoTokenizer.from_pretrained`` on a hub id or a folder; ``parameter`` names ``name`` in errors."""
     from transformers import AutoTokenizer
 
     folder = _local_folder(name, "tokenizer")
+    kwargs = {} if folder is not None else _hub_kwargs(str(name), parameter, LOCAL_TOKENIZER)
     try:
-        return AutoTokenizer.from_pretrained(str(folder or name))
+        return AutoTokenizer.from_pretrained(str(folder or name), **kwargs)
     except (OSError, ValueError) as e:
         if folder is not None:
             raise KitError(
@@ -63,27 +112,82 @@ def check_model_folder(folder: Path) -> None:
 
 
 def model_folder(name: str) -> Path | None:
-    """The checked local folder of ``name``, or None for a hub id."""
+    """The checked local folder of ``name``, or None for a hub id (which offline must be in the local cache)."""
     folder = _local_folder(name, "model")
     if folder is not None:
         check_model_folder(folder)
+    else:
+        _hub_kwargs(str(name), MODEL_PARAMETER, LOCAL_MODEL)
     return folder
 
 
+class _DropLoadReport(logging.Filter):
+    """transformers' LOAD REPORT table, when it only lists missing or unexpected keys (``load_classifier`` says what
+    matters in one line); a report of mismatched shapes or conversion errors explains the error after it: kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return "LOAD REPORT" not in message or "MISMATCH" in message or "CONVERSION" in message
+
+
+@contextlib.contextmanager
+def _quiet_weight_loading():
+    """No weight-loading progress bar and no LOAD REPORT table from transformers; its other warnings, and the hub's
+    download bars, stay."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    drop = _DropLoadReport()
+    hf_logging.disable_progress_bar()  # transformers' own bars ("Loading weights"); it turns the hub's off too
+    if hub_bars:
+        hub_utils.enable_progress_bars()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _loading_note(name: str, model, missing: set[str]) -> str | None:
+    """One line on the weights the checkpoint lacked: a new head is expected, a missing encoder weight is not."""
+    prefix = f"{model.base_model_prefix}."
+    encoder = sorted(k for k in missing if k.startswith(prefix))
+    if encoder:
+        return (
+            f"warning: model {name}: {len(encoder)} encoder weight(s) missing from the checkpoint and initialised at "
+            f"random (first: {encoder[0]}); is this the model you meant?"
+        )
+    heads = sorted({k.rsplit(".", 1)[0] for k in missing})
+    return f"classifier head initialised anew ({', '.join(heads)}): expected when fine-tuning" if heads else None
+
+
 def load_classifier(name: str, num_labels: int = 2):
-    """``AutoModelForSequenceClassification`` with a fresh 2-label head on a hub id or a checked folder."""
+    """``AutoModelForSequenceClassification`` with a fresh 2-label head on a hub id or a checked folder.
+
+    Instead of transformers' progress bar and loading table, one line when the checkpoint lacked weights (the
+    classifier head of a pretrained encoder: expected); rank 0 only under torchrun."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     folder = model_folder(name)
+    kwargs = {} if folder is not None else _hub_kwargs(str(name), MODEL_PARAMETER, LOCAL_MODEL)
     try:  # fp32 master weights whatever the file holds (transformers 5 would keep an fp16 file's dtype)
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(folder or name), num_labels=num_labels, dtype=torch.float32
-        )
+        with _quiet_weight_loading():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(folder or name), num_labels=num_labels, dtype=torch.float32, output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError) as e:
         if folder is not None:
             raise KitError(f"model folder {folder} could not be loaded: {str(e).splitlines()[0][:160]}") from e
         raise _from_hub_error(name, "model", e) from e
+    note = _loading_note(str(name), model, set(info["missing_keys"]))
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note)
+    return model
 
 
 def vocab_sha256(tokenizer) -> str:

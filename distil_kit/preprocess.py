@@ -64,7 +64,7 @@ def preprocess(source, tokenizer: str, out_dir, padding: str = "longest", max_le
     leaves no partial output behind.
     """
     check_padding(padding, max_length)
-    kind = data.source_kind(source)
+    kind = data.check_source(source)  # a hub source offline fails here, before the tokenizer is loaded
     tok = load_tokenizer(tokenizer)
     folder = Path(out_dir) / "dataset"
     _check_writable(folder)

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,12 +126,44 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+_notebook_launch: dict | None = None  # set by config.notebook_config: the notebook and parameters of the next run
+
+
+def record_notebook_launch(notebook: str, parameters: dict) -> None:
+    """Remember that runs in this process are started by ``notebook`` with ``parameters`` (those that differ from
+    the defaults), for their manifests: in a kernel ``sys.argv`` says only ``ipykernel_launcher.py -f ...``."""
+    global _notebook_launch
+    _notebook_launch = {"notebook": notebook, "parameters": dict(parameters)}
+
+
+def _in_kernel() -> bool:
+    return "ipykernel" in sys.modules and "ipykernel" in Path(sys.argv[0] if sys.argv else "").name
+
+
+def launch() -> tuple[str | None, dict]:
+    """How this process was started: a command to repeat it (None where there is none) and the facts behind it:
+    ``{"argv": [...]}`` for a command line, ``{"notebook": path, "parameters": {...}}`` for a notebook."""
+    if _notebook_launch is not None or _in_kernel():
+        record = _notebook_launch or {"notebook": os.environ.get("JPY_SESSION_NAME"), "parameters": None}
+        if record["parameters"] is None:
+            return None, record
+        yaml_parameters = json.dumps(record["parameters"])  # JSON is YAML: papermill -y reads it back
+        return shlex.join(["papermill", record["notebook"], "out.ipynb", "-y", yaml_parameters]), record
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).parts[-2:] == ("distil_kit", "__main__.py"):
+        # under torchrun, every rank's argv is the module's: repeat the run through torchrun
+        torchrun = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '1')}"]
+        argv[:1] = [*(torchrun if os.environ.get("TORCHELASTIC_RUN_ID") else ["python"]), "-m", "distil_kit"]
+    return shlex.join(argv), {"argv": list(sys.argv)}
+
+
 def environment_manifest() -> dict:
-    """Versions and hardware: what a reader needs to judge or repeat the numbers."""
+    """Versions and hardware: what a reader needs to judge or repeat the numbers; and how the run was started."""
     import torch
     import transformers
 
     cuda = torch.cuda.is_available()
+    command, launched_by = launch()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -142,7 +175,8 @@ def environment_manifest() -> dict:
         "device_count": torch.cuda.device_count() if cuda else 1,
         "cpu": f"{platform.machine()}, {os.cpu_count()} cores",
         "git_commit": git_commit(),
-        "command": sys.argv,
+        "command": command,
+        "launched_by": launched_by,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

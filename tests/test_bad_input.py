@@ -253,6 +253,8 @@ def test_bad_input_one_line_error_and_nothing_left(case, good, tiny_model, tmp_p
     "args, pieces",
     [
         (["--set", "learning_rate=0.1"], ["unknown parameter 'learning_rate'"]),
+        (["--set", "epoch=3"], ["parameters: unknown parameter 'epoch'; did you mean 'epochs'?"]),
+        (["--set", "lr=1e-3x"], ["parameter 'lr': expected a number, got '1e-3x' (str)"]),
         (["--set", "data_dir=/no/such/data"], ["data folder /no/such/data does not exist"]),
         (
             ["--resume", "--set", "output_dir=/no/such/run"],

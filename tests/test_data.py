@@ -1,8 +1,10 @@
 """Data pipeline: every SST-2 source, both paddings, FlagPerf npz compatibility, trimming, bad input."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from distil_kit.modeling import file_sha256, load_tokenizer, vocab_sha256
 from distil_kit.preprocess import preprocess, read_metadata, tokenize
 
 BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +156,148 @@ def test_hub_source_through_datasets(monkeypatch):
 
 def test_hub_offline_fails_at_once_naming_local_options(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KitError, match=r"data source 'hub' \(data_dir, or --source\): .*HF_HUB_OFFLINE is set"):
+        data.load_sst2("")
     with pytest.raises(KitError, match="GLUE TSV folder .* FlagPerf data folder"):
         data.load_sst2("")
+
+
+def test_cli_preprocess_downloads_sst2_from_the_hub_once(monkeypatch, minilm_dir, tmp_path, capsys):
+    """README step 1 without DISTIL_KIT_SST2: the hub's SST-2 into a local npz folder the runs then read."""
+    import datasets
+
+    from distil_kit import cli
+
+    def rows(n):
+        return {
+            "idx": list(range(n)),
+            "sentence": [f"a fine film {i} " for i in range(n)],
+            "label": [1, 0] * (n // 2),
+        }
+
+    fake = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows(6)), "validation": datasets.Dataset.from_dict(rows(4))}
+    )
+    asked = []
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: asked.append(name) or fake)
+    out = tmp_path / "data" / "sst2"
+    assert cli.main(["preprocess", "--source", "hub", "--tokenizer", str(minilm_dir), "--out", str(out)]) == 0
+    assert asked == [data.HUB_DATASET]
+    meta = read_metadata(out / "dataset")
+    assert meta["source"] == data.HUB_DATASET and meta["splits"]["train"]["rows"] == 6
+    monkeypatch.setattr(hub, "reachable", lambda: False)  # the runs read the folder: no hub needed any more
+    splits = data.load_sst2(out, vocab_size=30522)
+    assert len(splits["train"]) == 6 and len(splits["dev"]) == 4 and splits["train"].input_ids is not None
+    assert str(out / "dataset" / "train_dataset.npz") in capsys.readouterr().out
+
+
+# --- offline: every hub source fails at once, in one line ---------------------------------------------------
+
+# Runs the CLI in a fresh process: imports first (not the failure being timed), then the command, timed.
+# "no-network" gives every client what a machine without network gives it: no name resolves (socket.getaddrinfo
+# is what huggingface_hub's HTTP client and hub.reachable both call), with HF_HUB_OFFLINE unset.
+OFFLINE_HARNESS = """
+import json, socket, sys, time
+mode, warm, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+if mode == "no-network":
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    socket.getaddrinfo = no_network
+import datasets, transformers  # noqa
+from distil_kit import cli, engine, modeling, preprocess  # noqa
+if warm:  # a local tokenizer the command loads before it meets the hub source: its first load is imports
+    modeling.load_tokenizer(warm)
+started = time.perf_counter()
+code = cli.main(argv)
+print(json.dumps({"code": code, "seconds": time.perf_counter() - started}))
+"""
+
+HUB_SOURCES = {  # name: (command, whether it loads a local tokenizer first, pieces of its one line)
+    "model": (
+        "finetune --set model=distilbert-base-uncased --set data_dir={sst2} --set output_dir={out}/run",
+        False,
+        ["error: parameter 'model'='distilbert-base-uncased' is a hub id", "set model to a local folder", "data_dir"],
+    ),
+    "tokenizer": (
+        "preprocess --source {sst2} --tokenizer distilbert-base-uncased --out {out}/pre",
+        False,
+        ["error: tokenizer 'distilbert-base-uncased' (--tokenizer) is a hub id", "pass a local folder"],
+    ),
+    "data (preprocess)": (
+        "preprocess --source hub --tokenizer {minilm} --out {out}/pre",
+        False,
+        ["error: data source 'hub' (data_dir, or --source)", "GLUE TSV folder", "FlagPerf data folder"],
+    ),
+    "data (finetune)": (
+        "finetune --set model={minilm} --set output_dir={out}/run",
+        True,
+        ["error: data source 'hub' (data_dir, or --source)", "GLUE TSV folder"],
+    ),
+}
+
+
+OFFLINE_CASES = [  # a fresh process each (about 6 s): the model source in the quick suite, the rest slow
+    pytest.param(source, mode, marks=() if source == "model" else pytest.mark.slow, id=f"{source}, {mode}")
+    for source in HUB_SOURCES
+    for mode in ("HF_HUB_OFFLINE=1", "no-network")
+]
+
+
+@pytest.mark.parametrize("source, mode", OFFLINE_CASES)
+def test_offline_hub_source_fails_within_3_s_in_one_line(source, mode, sst2_dir, minilm_dir, tmp_path):
+    command, warm, pieces = HUB_SOURCES[source]
+    env = {k: v for k, v in os.environ.items() if k not in hub.OFFLINE_VARIABLES}
+    env |= {"HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}  # an empty hub cache; this checkout
+    if mode == "HF_HUB_OFFLINE=1":
+        env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = command.format(out=out, sst2=sst2_dir, minilm=minilm_dir).split()
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_HARNESS, mode, str(minilm_dir) if warm else "", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{source}, {mode}: {result['seconds']:.2f} s: {proc.stderr.strip()}")
+    assert result["code"] == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Retry" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    for piece in pieces:
+        assert piece in proc.stderr
+    assert ("HF_HUB_OFFLINE is set" if mode == "HF_HUB_OFFLINE=1" else "(no network)") in proc.stderr
+    assert result["seconds"] < 3, f"the hub source took {result['seconds']:.1f} s to fail"
+    assert not any(out.iterdir()), "the failed command wrote files"
+
+
+def _fake_hub_cache(home, repo: str, model) -> None:
+    """``model``'s files as the hub cache holds a download of ``repo`` (refs/main naming a snapshot)."""
+    import shutil
+
+    cache = home / "hub" / f"models--{repo.replace('/', '--')}"
+    revision = "0" * 40
+    shutil.copytree(model, cache / "snapshots" / revision)
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(revision)
+
+
+def test_offline_a_cached_hub_id_still_loads(tiny_model, tmp_path):
+    _fake_hub_cache(tmp_path / "hf-home", "distilbert-base-uncased", tiny_model)
+    env = {k: v for k, v in os.environ.items() if k not in hub.OFFLINE_VARIABLES}
+    env |= {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    code = (
+        "from distil_kit import modeling\n"
+        "assert modeling.model_folder('distilbert-base-uncased') is None\n"
+        "tok = modeling.load_tokenizer('distilbert-base-uncased')\n"
+        "model = modeling.load_classifier('distilbert-base-uncased')\n"
+        "print(len(tok), model.config.dim)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["30522", "32"]  # the tiny model's vocabulary and width: the cached copy
 
 
 # --- bad input: one line, naming the file/row/parameter, nothing left in out ---------------------------------

@@ -123,6 +123,7 @@ def _train_config(model: Path, data: Path, out: Path, batch: int) -> dict:
         eval_batch_size=256,
         log_every=1,
         checkpoint_every=7,
+        keep_checkpoints=True,  # the resume tests continue copies of the finished run from its checkpoints
         target_acc=None,
         device="cpu",
     )

@@ -1,14 +1,20 @@
 """The fine-tuning engine: FlagPerf's recipe, the run folder contract, determinism, early stop, real weights."""
 
 import json
+import logging
 import math
+import re
+import shlex
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from distil_kit import KitError, RunConfig, finetune
-from distil_kit.config import load_config
+from distil_kit import KitError, RunConfig, finetune, records
+from distil_kit.config import load_config, notebook_config
 from distil_kit.modeling import load_classifier
 from distil_kit.recipe import optimizer_groups, total_optimizer_steps
 from distil_kit.records import EVAL_COLUMNS, PREDICTION_COLUMNS, STEP_COLUMNS, Run
@@ -59,6 +65,72 @@ def test_optimizer_groups_follow_flagperf(tiny_model):
     assert any("layer_norm.weight" in names[id(p)] for p in no_decay["params"])
     assert not any(names[id(p)].endswith("bias") for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+class _Records(logging.Handler):
+    """What reaches transformers' loggers' handlers (its own handler writes to the stderr it found at import, which
+    pytest's capture may not see)."""
+
+    def __init__(self, name: str = "transformers.modeling_utils"):
+        super().__init__()
+        self.logger, self.messages = logging.getLogger(name), []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+
+def test_loading_a_pretrained_encoder_says_one_line_about_the_new_head(minilm_dir, tiny_model, capfd):
+    """No LOAD REPORT table, no progress bar: one line of ours when the head is new, nothing when nothing is."""
+    with _Records() as records_seen:
+        load_classifier(str(minilm_dir))
+    out, err = capfd.readouterr()
+    assert out == "classifier head initialised anew (classifier): expected when fine-tuning\n", out
+    assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err and "MISSING" not in err, err
+    assert not any("LOAD REPORT" in m for m in records_seen.messages), records_seen.messages
+    load_classifier(str(tiny_model))  # a saved classifier: every weight is in the checkpoint
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_checkpoint_missing_encoder_weights_is_a_warning(tiny_model, tmp_path, capfd):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layer.1." not in k}, folder / "model.safetensors")
+    load_classifier(str(folder))
+    out, _ = capfd.readouterr()
+    assert (
+        out.startswith(f"warning: model {folder}: ") and "encoder weight(s) missing" in out and out.count("\n") == 1
+    )
+
+
+def test_quiet_weight_loading_keeps_the_other_warnings():
+    """Inside the loading context only a missing-keys LOAD REPORT is held back; a shape mismatch's report is the
+    explanation of the error after it, and any other warning matters."""
+    from distil_kit.modeling import _quiet_weight_loading
+
+    with _Records() as seen:
+        logger = seen.logger
+        with _quiet_weight_loading():
+            logger.warning("BertForSequenceClassification LOAD REPORT from: x\nclassifier.weight | MISSING")
+            logger.warning("BertForSequenceClassification LOAD REPORT from: x\nclassifier.weight | MISMATCH")
+            logger.warning("some other warning")
+        logger.warning("BertForSequenceClassification LOAD REPORT from: y\nclassifier.bias | MISSING")
+    # outside load_classifier the report is transformers' own again
+    assert [m.splitlines()[-1] for m in seen.messages] == [
+        "classifier.weight | MISMATCH",
+        "some other warning",
+        "classifier.bias | MISSING",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -234,6 +306,11 @@ def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "config.json").read_text())["train_batch_size"] == 16
     assert "acc" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    args = ["finetune", "--params", str(params), "--set", f"output_dir={out}", "--set", "train_batch_size=16"]
+    assert manifest["command"] == shlex.join(["python", "-m", "distil_kit", *args])
+    assert manifest["launched_by"]["argv"][1:] == args
+    assert not (out / "checkpoints").exists(), "a finished run keeps no checkpoints by default"
 
 
 def test_config_sources_agree(tmp_path):
@@ -244,6 +321,115 @@ def test_config_sources_agree(tmp_path):
     with pytest.raises(KitError, match=r"p.yaml: unknown parameter 'epoch'"):
         params.write_text("epoch: 3\n")
         load_config(params)
+
+
+@pytest.mark.parametrize("written", ["1e-3", "5e-5", "3e-5", "3.0e-5", "1E-3", ".5e-4"])
+def test_numbers_as_people_write_them_everywhere(written, tmp_path):
+    """YAML 1.1 (PyYAML, papermill's -f and -y) reads an exponent without a dot as text: every source takes it."""
+    from papermill.iorw import NoDatesSafeLoader
+
+    want = float(written)
+    params = tmp_path / "p.yaml"
+    params.write_text(f"lr: {written}\nweight_decay: {written}\n")
+    assert load_config(params).lr == want and load_config(params).weight_decay == want  # params file, --params
+    assert load_config(sets=[f"lr={written}"]).lr == want  # CLI --set
+    for papermill_yaml in (f"lr: {written}", f"{{lr: {written}}}"):  # papermill -f / -y
+        assert RunConfig.from_dict(yaml.load(papermill_yaml, Loader=NoDatesSafeLoader)).lr == want
+    assert RunConfig.from_dict({"lr": want}).lr == want  # papermill -p (it reads the number itself)
+    assert RunConfig.from_dict({"target_acc": "9e-1"}).target_acc == 0.9  # X | None fields too
+
+
+@pytest.mark.parametrize("value", ["fast", "1e-3x", "nan", "inf", "0x10", "1_000", ""])
+def test_text_that_is_not_a_number_is_still_refused(value):
+    with pytest.raises(KitError, match=f"parameter 'lr': expected a number, got {value!r} \\(str\\)"):
+        RunConfig.from_dict({"lr": value})
+    with pytest.raises(KitError, match="parameter 'epochs': expected a whole number, got '3' "):
+        RunConfig.from_dict({"epochs": "3"})  # only numbers YAML 1.1 mistypes are read from text
+
+
+def test_text_parameters_keep_their_text_on_the_command_line():
+    config = load_config(sets=["output_dir=2024", "model=0001", "precision=bf16", "model=null"])
+    assert (config.output_dir, config.model, config.precision) == ("2024", None, "bf16")
+    assert load_config(sets=["model=runs/1e-3/model"]).model == "runs/1e-3/model"
+
+
+@pytest.mark.parametrize(
+    "typo, nearest", [("epoch", "epochs"), ("learning_rat", "learning_rate"), ("seeds", "seed"), ("lr_", "lr")]
+)
+def test_unknown_parameter_names_the_nearest(typo, nearest, tmp_path):
+    if nearest not in RunConfig.field_names():  # no near miss: the known names instead
+        with pytest.raises(KitError, match=f"unknown parameter {typo!r}; known: model, data_dir, "):
+            RunConfig.from_dict({typo: 1})
+        return
+    hint = f"unknown parameter {typo!r}; did you mean {nearest!r}?"
+    with pytest.raises(KitError, match=f"^parameters: {re.escape(hint)}$"):
+        RunConfig.from_dict({typo: 1})
+    params = tmp_path / "p.yaml"
+    params.write_text(f"{typo}: 1\n")
+    with pytest.raises(KitError, match=f"p.yaml: {re.escape(hint)}$"):
+        load_config(params)
+    with pytest.raises(KitError, match=f"{re.escape(hint)}$"):
+        load_config(sets=[f"{typo}=1"])
+
+
+@pytest.fixture
+def no_notebook_launch(monkeypatch):
+    """notebook_config records the notebook for this process's runs: keep that record to one test."""
+    monkeypatch.setattr(records, "_notebook_launch", None)
+
+
+def _notebook_namespace(**injected) -> dict:
+    """A kernel's globals after the finetune notebook's parameters cell (papermill's injected cell after it)."""
+    import math
+
+    namespace = {name: f.default for name, f in RunConfig.__dataclass_fields__.items()}
+    namespace |= {"nproc_per_node": 1, "In": ["", "x = 1"], "Out": {1: 2}, "_": 2, "_i1": "x", "math": math}
+    namespace |= {"display": print, "RunConfig": RunConfig, "__name__": "__main__"}  # the setup cell's imports
+    return namespace | injected
+
+
+def test_notebook_config_refuses_an_injected_parameter_it_does_not_declare(no_notebook_launch):
+    with pytest.raises(KitError, match=r"^notebook parameters: unknown parameter 'epoch'; did you mean 'epochs'\?$"):
+        notebook_config(_notebook_namespace(epoch=3), "notebooks/finetune.ipynb", nproc_per_node=1)
+    with pytest.raises(KitError, match=r"unknown parameter 'nproc'; did you mean 'nproc_per_node'\?$"):
+        notebook_config(_notebook_namespace(nproc=2), "notebooks/finetune.ipynb", nproc_per_node=1)
+    for value in (None, "x", [1], {"a": 1}, 0.5, True):
+        with pytest.raises(KitError, match="unknown parameter 'lrr'"):
+            notebook_config(_notebook_namespace(lrr=value), "notebooks/finetune.ipynb", nproc_per_node=1)
+
+
+def test_notebook_config_reads_the_fields_and_records_the_notebook(no_notebook_launch, monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    namespace = _notebook_namespace(epochs=3, lr="3e-5", nproc_per_node=2)  # -p epochs 3 -y 'lr: 3e-5'
+    config = notebook_config(namespace, "notebooks/finetune.ipynb", nproc_per_node=1)
+    assert (config.epochs, config.lr, config.seed) == (3, 3e-5, 0)
+    command, launched_by = records.launch()
+    assert launched_by == {
+        "notebook": "notebooks/finetune.ipynb",
+        "parameters": {"epochs": 3, "lr": "3e-5", "nproc_per_node": 2},
+    }
+    # the command repeats the run: papermill reads the parameters back as they were
+    assert command.startswith("papermill notebooks/finetune.ipynb out.ipynb -y ")
+    from papermill.iorw import NoDatesSafeLoader
+
+    given = yaml.load(shlex.split(command)[-1], Loader=NoDatesSafeLoader)
+    assert given == launched_by["parameters"]
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/kit/notebooks/finetune.ipynb")  # JupyterLab's own name
+    notebook_config(namespace, "notebooks/finetune.ipynb", nproc_per_node=1)
+    assert records.launch()[1]["notebook"] == "/home/me/kit/notebooks/finetune.ipynb"
+
+
+def test_manifest_of_a_cli_run_repeats_its_command(no_notebook_launch, monkeypatch):
+    import distil_kit
+
+    main = str(Path(distil_kit.__file__).parent / "__main__.py")
+    monkeypatch.setattr(sys, "argv", [main, "finetune", "--set", "lr=3e-5", "--set", "output_dir=runs/my run"])
+    manifest = records.environment_manifest()
+    assert manifest["command"] == "python -m distil_kit finetune --set lr=3e-5 --set 'output_dir=runs/my run'"
+    assert manifest["launched_by"] == {"argv": sys.argv}
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert records.environment_manifest()["command"].startswith("torchrun --nproc_per_node=2 -m distil_kit finetune")
 
 
 @pytest.mark.slow
@@ -264,6 +450,16 @@ def test_finetune_notebook_smoke_run(tiny_model, sst2_dir, tmp_path):
     run = Run(out)
     assert run.finished and run.summary["train_samples"] == smoke["max_train_samples"]
     assert list(run.steps.columns) == STEP_COLUMNS and len(run.predictions) == 872
+    # the manifest names the notebook and the parameters it ran with, not ipykernel_launcher.py -f ...
+    launched = run.manifest["launched_by"]
+    assert launched["notebook"].endswith("notebooks/finetune.ipynb")
+    assert launched["parameters"] == {
+        **smoke,
+        "model": str(tiny_model),
+        "data_dir": str(sst2_dir),
+        "output_dir": str(out),
+    }
+    assert run.manifest["command"].startswith(f"papermill {launched['notebook']} out.ipynb -y ")
 
 
 @pytest.mark.slow

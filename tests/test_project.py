@@ -16,17 +16,35 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def _environment_pip() -> list[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+
+
 def test_environment_installs_from_pyproject_only():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    # conda brings only Python and pip; every package comes from pyproject.toml through the editable install.
+    pip = _environment_pip()
+    # conda brings only Python and pip; every package comes from pyproject.toml through the editable install, but
+    # for the CPU build of torch pinned beside it (the pip section is one pip call: the pin picks the build).
     assert sorted(re.split(r"[=<>]", d)[0] for d in conda) == ["pip", "python"]
-    assert pip == ["-e .[dev]"] and "dev" in project["optional-dependencies"]
+    assert pip[-1] == "-e .[dev]" and "dev" in project["optional-dependencies"]
+    cpu_torch = pip[:-1]
+    assert [p for p in cpu_torch if not p.startswith("--")] == ["torch==2.13.0"], cpu_torch
+    assert all(option.startswith("--extra-index-url ") for option in cpu_torch if option.startswith("--"))
     python = next(d for d in conda if d.startswith("python"))
     minimum = project["requires-python"].removeprefix(">=")
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
+
+
+def test_readme_gives_the_environment_files_cpu_torch_route():
+    """The README's pip route installs the same torch build, from the same index, as environment.yml."""
+    pip = _environment_pip()
+    torch = " ".join(p for p in pip if not p.startswith(("-e", "--")))
+    options = " ".join(p for p in pip if p.startswith("--"))
+    readme = (ROOT / "README.md").read_text()
+    assert f"pip install {torch} {options}" in readme
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -109,3 +127,91 @@ def test_preprocess_notebook_runs_headless(tmp_path, sst2_dir, minilm_dir):
     assert meta["splits"]["train"]["rows"] == 67_349
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the token-length histogram is missing"
+
+
+# --- help -----------------------------------------------------------------------------------------------------
+
+
+def _subcommands():
+    import argparse
+
+    from distil_kit import cli
+
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_finetune_help_lists_every_parameter_with_type_default_and_help():
+    from distil_kit.config import RunConfig
+
+    text = _subcommands()["finetune"].format_help()
+    entries = re.findall(r"^  (\w+) \(([\w ]+), default (.*?)\): ", text, flags=re.M)
+    assert [name for name, _, _ in entries] == RunConfig.field_names()
+    hints = typing.get_type_hints(RunConfig)
+    flat = " ".join(text.split())
+    for (name, kind, default), f in zip(entries, dataclasses.fields(RunConfig), strict=True):
+        assert kind.split(" or ")[0] in str(hints[name]), (name, kind)
+        # read back as --set reads it (YAML 1.1 reads 5e-05 as text, which RunConfig takes as the number)
+        assert getattr(RunConfig.from_dict({name: yaml.safe_load(default)}), name) == f.default, (name, default)
+        assert " ".join(f.metadata["help"].split()) in flat, name
+
+
+def test_every_cli_option_has_help_and_no_rest_markup():
+    from distil_kit import cli
+
+    texts = [cli.parser().format_help()]
+    for name, sub in _subcommands().items():
+        texts.append(sub.format_help())
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert not any("``" in t or "`" in t for t in texts), "raw reStructuredText markup in --help"
+
+
+# --- the notebooks and the CLI agree --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_finetune_notebook_refuses_an_unknown_parameter_at_its_setup_cell(tmp_path):
+    """papermill only warns about `-p epoch 3`; the notebook stops at the cell after the parameters, in one line."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _papermill("finetune.ipynb", tmp_path, epoch=3)
+    assert error.value.ename == "KitError"
+    assert error.value.evalue == "notebook parameters: unknown parameter 'epoch'; did you mean 'epochs'?"
+    nb = nbformat.read(tmp_path / "out-finetune.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = next(i for i, c in enumerate(code) if "notebook_config(" in c.source)
+    assert [c.execution_count is not None for c in code[setup + 1 :]] == [False] * (len(code) - setup - 1)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_cli_plots_the_notebooks_benchmarks_by_default():
+    import papermill
+
+    from distil_kit import cli
+
+    notebook = papermill.inspect_notebook(str(ROOT / "notebooks" / "analysis.ipynb"))
+    assert ast.literal_eval(notebook["benchmarks"]["default"]) == cli.parser().parse_args(["report", "r"]).benchmarks
+
+
+@pytest.mark.slow
+def test_report_cli_and_analysis_notebook_write_the_same_files(tiny_model, sst2_dir, tmp_path):
+    from distil_kit import cli, finetune
+
+    run = finetune(
+        dict(model=str(tiny_model), data_dir=str(sst2_dir), output_dir=str(tmp_path / "run"), epochs=1),
+        max_train_samples=64,
+        target_acc=None,
+        save_model=False,
+    )
+    bench = ROOT / "tests" / "fixtures" / "bench-sample-1.csv"
+    assert cli.main(["report", str(run.folder), "--out", str(tmp_path / "cli"), "--benchmarks", str(bench)]) == 0
+    _papermill(
+        "analysis.ipynb", tmp_path, runs=[str(run.folder)], out_dir=str(tmp_path / "nb"), benchmarks=[str(bench)]
+    )
+    written = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "nb").iterdir())
+    assert {"bench-sample-1.png", "loss.png", "comparison.csv"} <= set(written)
+    assert cli.main(["report", str(run.folder), "--out", str(tmp_path / "x"), "--benchmarks", "no-such.csv"]) == 2
+    assert not (tmp_path / "x").exists()

@@ -280,10 +280,30 @@ def test_a_finished_run_has_its_last_checkpoint_on_disk(run_config, tmp_path, mo
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda *args: time.sleep(0.5) or real_save(*args))  # a slow disk
     run = engine.finetune(
-        {**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0}, output_dir=str(tmp_path / "run")
+        {**run_config, "epochs": 1, "max_train_samples": 40, "checkpoint_every": 0, "keep_checkpoints": True},
+        output_dir=str(tmp_path / "run"),
     )
     assert run.finished
     assert [p.name for p in checkpoint.checkpoints(run.folder / "checkpoints")] == ["step-10.pt"]
+
+
+class CountCheckpoints(Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_checkpoint(self, trainer, step):
+        self.steps.append(step)
+
+
+def test_a_finished_run_drops_its_checkpoints_by_default(run_config, tmp_path):
+    written = CountCheckpoints()
+    run = engine.finetune(
+        {**run_config, "epochs": 1, "max_train_samples": 40}, output_dir=str(tmp_path / "run"), callbacks=[written]
+    )
+    assert run.finished and not run.config["keep_checkpoints"]
+    assert written.steps == [5, 10, 10], "the run wrote checkpoints (every 5 steps and at the epoch end)"
+    assert not (run.folder / "checkpoints").exists()
+    assert {p.name for p in run.folder.iterdir()} >= {"summary.json", "model", "predictions.csv"}
 
 
 def test_a_failed_checkpoint_write_fails_the_run_in_one_line(run_config, tmp_path, monkeypatch):
