@@ -16,6 +16,7 @@ The notebooks call ``setup()`` once, then ``finetune(config)``:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import html
@@ -331,16 +332,18 @@ class NotebookProgress(Callback):
         self._shown_at = time.monotonic()
 
     def _draw(self, trainer) -> None:
-        from IPython.display import Image, display
+        from IPython.display import display
 
         p, cfg = trainer.progress, trainer.cfg
-        image = Image(
-            data=live_figure_png(p.steps_rows, p.evals_rows, cfg.target_acc, str(trainer.out), trainer.total_steps)
-        )
+        png = live_figure_png(p.steps_rows, p.evals_rows, cfg.target_acc, str(trainer.out), trainer.total_steps)
+        figure = {
+            "image/png": base64.b64encode(png).decode("ascii"),
+            "text/plain": f"[figure: training loss and dev accuracy of {trainer.out} at step {p.step}]",
+        }
         if self._figure_handle is None:
-            self._figure_handle = display(image, display_id=True)
+            self._figure_handle = display(figure, raw=True, display_id=True)
         else:
-            self._figure_handle.update(image)
+            self._figure_handle.update(figure, raw=True)
         self._plotted_at = time.monotonic()
 
 
