@@ -135,3 +135,23 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
     """Dev rows sorted by length (little padding) and dealt to ranks: each row scored exactly once."""
     order = np.argsort(np.asarray(lengths), kind="stable")[rank::world_size]
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+    """The run's training batches: its ``EpochBatches`` sampler (``set_epoch`` selects the epoch) and the
+    DataLoader over it. ``cfg``: the run's ``RunConfig``."""
+    sampler = EpochBatches(
+        split.lengths, cfg.train_batch_size, cfg.seed, bucketed=cfg.bucket_batches, rank=rank, world_size=world_size
+    )
+    loader = torch.utils.data.DataLoader(
+        SplitDataset(split),
+        batch_sampler=sampler,
+        collate_fn=TrimCollate(cfg.pad_to_multiple_of),
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=cfg.num_workers > 0,
+        # Its own generator: each iter() draws a worker seed, which from the global generator would shift the
+        # dropout draws of a run resumed mid-epoch away from those of the uninterrupted run.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return sampler, loader

@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint, data, distributed, records
 from .atomic import replace_dir, write_json_atomic
-from .batching import EpochBatches, SplitDataset, TrimCollate
+from .batching import train_loader
 from .callbacks import CallbackList, default_progress
 from .config import RunConfig
 from .errors import KitError
@@ -54,24 +54,8 @@ class Trainer:
         self.model = load_classifier(cfg.model).to(device)
         check_ids_fit(self.splits, self.model)
 
-        self.sampler = EpochBatches(
-            self.splits["train"].lengths,
-            cfg.train_batch_size,
-            cfg.seed,
-            bucketed=cfg.bucket_batches,
-            rank=world.rank,
-            world_size=world.size,
-        )
-        self.loader = torch.utils.data.DataLoader(
-            SplitDataset(self.splits["train"]),
-            batch_sampler=self.sampler,
-            collate_fn=TrimCollate(cfg.pad_to_multiple_of),
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-            # Its own generator: each iter() draws a worker seed, which from the global generator would shift the
-            # dropout draws of a run resumed mid-epoch away from those of the uninterrupted run.
-            generator=torch.Generator().manual_seed(cfg.seed),
+        self.sampler, self.loader = train_loader(
+            self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
         )
 
         self.total_steps = total_optimizer_steps(self.batches_per_epoch, cfg.gradient_accumulation_steps, cfg.epochs)
@@ -79,9 +63,7 @@ class Trainer:
             self.model, cfg.lr, cfg.weight_decay, fused=cfg.fused_adamw, capturable=cfg.cuda_graphs
         )
         self.scheduler = make_scheduler(self.optimizer, self.total_steps)
-        self.step = make_step(
-            self._train_model(), self.model, self.optimizer, device, cfg.precision, cfg.cuda_graphs, world.distributed
-        )
+        self.step = make_step(self.model, self.optimizer, device, cfg, world)
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
 
@@ -90,15 +72,6 @@ class Trainer:
         self.predictions: pd.DataFrame | None = None
         self.scored_final = False  # predictions hold the final weights' dev scores
         self._seen_shapes: set[tuple] = set()
-
-    def _train_model(self):
-        wrapped = self.model
-        if self.world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
-        if self.cfg.compile:  # CUDA graphs are the kit's own (graphed_step), around the compiled model
-            wrapped = torch.compile(wrapped)  # automatic dynamic shapes: few recompiles
-        return wrapped
 
     @property
     def batches_per_epoch(self) -> int:
@@ -264,18 +237,20 @@ class Trainer:
             records.write_records(self.out, self.progress.steps_rows, self.progress.evals_rows)
 
     def summary(self) -> dict:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device) / GIB
-        else:  # ru_maxrss is KiB on Linux
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         return summary(
             self.progress,
             self.clock.times(),
             target_acc=self.cfg.target_acc,
             global_batch_size=self.global_batch_size,
             world_size=self.world.size,
-            peak_memory_gib=peak,
+            peak_memory_gib=peak_memory_gib(self.device),
         )
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def train(trainer: Trainer, resumed: bool) -> None:

@@ -76,13 +76,18 @@ class EagerStep:
         return losses
 
 
-def make_step(
-    train_model, model, optimizer, device: torch.device, precision: str, cuda_graphs: bool, distributed: bool = False
-) -> EagerStep | GraphedStep:
-    """The run's step, made after the scheduler: graphed where ``cuda_graphs`` (see ``graphed_step.graphs_fit``),
-    eager otherwise. ``train_model`` runs forward (DDP, compiled); ``model`` holds the weights."""
-    amp = partial(autocast, device, precision, cuda_graphs)
-    if cuda_graphs:
-        return GraphedStep(partial(batch_loss, train_model, amp), model, optimizer, device)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    return EagerStep(train_model, optimizer, device, amp, scaler, distributed)
+def make_step(model, optimizer, device: torch.device, cfg, world) -> EagerStep | GraphedStep:
+    """The run's step (``cfg``: its ``RunConfig``), made after the scheduler: graphed where ``cfg.cuda_graphs``
+    (see ``graphed_step.graphs_fit``), eager otherwise; the forward runs through DDP and torch.compile where the
+    run uses them."""
+    trained = model
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
+    if cfg.compile:  # CUDA graphs are the kit's own (graphed_step), around the compiled model
+        trained = torch.compile(trained)  # automatic dynamic shapes: few recompiles
+    amp = partial(autocast, device, cfg.precision, cfg.cuda_graphs)
+    if cfg.cuda_graphs:
+        return GraphedStep(partial(batch_loss, trained, amp), model, optimizer, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    return EagerStep(trained, optimizer, device, amp, scaler, world.distributed)
