@@ -39,6 +39,9 @@ class RunConfig:
     lr: float = _p(5e-5, "AdamW learning rate, decayed linearly to 0 with no warm-up")
     weight_decay: float = _p(0.0, "AdamW weight decay (never on biases and LayerNorm weights)")
     gradient_accumulation_steps: int = _p(1, "micro-batches per optimizer step")
+    micro_batch_size: int | None = _p(
+        None, "rows per forward/backward, dividing a step's; null: the whole step when fast, else train_batch_size"
+    )
     target_acc: float | None = _p(0.91, "stop once dev accuracy reaches this; null: never stop early")
     seed: int = _p(0, "seed for initialisation, data order and dropout")
     precision: str | None = _p(None, "fp32, tf32, bf16 or fp16; default fp32, or if fast bf16/fp16 where native")
@@ -128,12 +131,19 @@ class RunConfig:
             "max_train_samples",
             "a whole number > 0 or null",
         )
+        need(0 <= self.seed < 2**32, "seed", "a whole number >= 0 and < 2**32")
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
         need(
             self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
         )
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+        step_rows = self.train_batch_size * self.gradient_accumulation_steps
+        need(
+            self.micro_batch_size is None or self.micro_batch_size > 0 and step_rows % self.micro_batch_size == 0,
+            "micro_batch_size",
+            f"null or a divisor of train_batch_size x gradient_accumulation_steps ({step_rows})",
+        )
 
 
 def _base_type(hint) -> tuple[type, bool]:
@@ -176,12 +186,27 @@ def _coerce(name: str, value, hint):
     return float(value) if base is float else value
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 are a one-line error naming the file, line and column."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise KitError(
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); "
+            f"expected UTF-8 text"
+        ) from None
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: parameter file not found")
+    text = read_utf8(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise KitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(values, dict):
@@ -250,3 +275,8 @@ def notebook_config(namespace: dict, notebook: str, **own) -> RunConfig:
     path = os.environ.get("JPY_SESSION_NAME") or namespace.get("PAPERMILL_INPUT_PATH") or notebook
     records.record_notebook_launch(str(path), changed)
     return config
+
+
+def micro_batches_per_step(cfg: RunConfig) -> int:
+    """How many forward/backward passes one optimizer step takes on each device (``micro_batch_size`` resolved)."""
+    return cfg.train_batch_size * cfg.gradient_accumulation_steps // cfg.micro_batch_size

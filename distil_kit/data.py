@@ -7,6 +7,7 @@ carry ``input_ids`` and ``attention_mask``; the others are tokenized by ``distil
 from __future__ import annotations
 
 import csv
+import io
 import os
 import zipfile
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hub
+from .config import read_utf8
 from .errors import KitError
 
 SPLITS = ("train", "dev")
@@ -165,11 +167,13 @@ def read_tsv(path: Path) -> Split:
     """A GLUE SST-2 TSV: header ``sentence<TAB>label``, no quoting. Rows are numbered as file lines."""
     if not path.is_file():
         raise KitError(f"{path}: file not found; a GLUE TSV folder holds train.tsv and dev.tsv")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = read_utf8(path)  # bytes that are not UTF-8: an error naming the line
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows or rows[0][:2] != ["sentence", "label"]:
         raise KitError(f"{path}: line 1: header is {rows[0] if rows else 'missing'}, expected 'sentence<TAB>label'")
     body = rows[1:]
+    if not body:
+        raise KitError(f"{path}: no rows after the header 'sentence<TAB>label'; expected at least one")
     for line, row in enumerate(body, start=2):
         if len(row) < 2:
             raise KitError(f"{path}: line {line}: expected 2 tab-separated fields, found {len(row)}")
@@ -210,6 +214,11 @@ def read_npz(path: Path, vocab_size: int | None = None) -> Split:
         raise
     except ValueError as e:  # object arrays need pickle, which we never enable for data files
         raise KitError(f"{path}: {str(e).splitlines()[0]}; 'sentence' must be a numpy unicode array") from e
+    for key in ("idx", "label", "input_ids", "attention_mask"):  # a cast would silently round or wrap
+        if not (np.issubdtype(arrays[key].dtype, np.integer) or arrays[key].dtype == np.bool_):
+            raise KitError(f"{path}: {key!r} holds {arrays[key].dtype}; expected integers (FlagPerf writes int64)")
+    if len(arrays["idx"]) == 0:
+        raise KitError(f"{path}: no rows; expected at least one")
     split = Split(
         **{k: arrays[k] for k in ("idx", "sentence", "label")},
         input_ids=arrays["input_ids"].astype(np.int64, copy=False),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import struct
 from pathlib import Path
 
 from . import hub
@@ -54,6 +56,7 @@ LOCAL_MODEL = (
     "set model to a local folder saved with save_pretrained (config, weights, tokenizer files), or data_dir to a "
     "FlagPerf data folder holding model/ (README: Offline)"
 )
+MIN_VOCAB = 1000  # no real tokenizer has fewer tokens: a folder without tokenizer files yields the 5 specials
 LOCAL_TOKENIZER = "pass a local folder holding the tokenizer files (vocab.txt or tokenizer.json), e.g. a model folder"
 
 
@@ -94,7 +97,7 @@ def load_tokenizer(name: str, parameter: str = "tokenizer {name} (--tokenizer)")
     folder = _local_folder(name, "tokenizer")
     kwargs = {} if folder is not None else _hub_kwargs(str(name), parameter, LOCAL_TOKENIZER)
     try:
-        return AutoTokenizer.from_pretrained(str(folder or name), **kwargs)
+        tok = AutoTokenizer.from_pretrained(str(folder or name), **kwargs)
     except (OSError, ValueError) as e:
         if folder is not None:
             raise KitError(
@@ -102,6 +105,82 @@ def load_tokenizer(name: str, parameter: str = "tokenizer {name} (--tokenizer)")
                 f"(vocab.txt or tokenizer.json): {str(e).splitlines()[0][:160]}"
             ) from e
         raise _from_hub_error(name, "tokenizer", e) from e
+    check_vocabulary(tok, folder or name)
+    return tok
+
+
+def check_vocabulary(tok, where) -> None:
+    """A real vocabulary (at least ``MIN_VOCAB`` tokens) that, in a model folder, fits the model's embeddings."""
+    if len(tok) < MIN_VOCAB:
+        raise KitError(
+            f"tokenizer folder {where}: a vocabulary of {len(tok)} tokens; expected at least {MIN_VOCAB} "
+            f"(does the folder hold the tokenizer files, vocab.txt or tokenizer.json?)"
+        )
+    config = Path(where) / "config.json"
+    if config.is_file():
+        size = read_model_config(Path(where)).get("vocab_size")
+        if isinstance(size, int) and len(tok) > size:
+            raise KitError(
+                f"{config}: the tokenizer of {len(tok)} tokens does not fit the model's {size} embeddings "
+                f"(vocab_size); expected a tokenizer made for this model"
+            )
+
+
+def read_model_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_bytes())
+    except (ValueError, OSError) as e:
+        raise KitError(f"{path}: not a readable JSON file ({str(e).splitlines()[0][:160]})") from e
+    if not isinstance(config, dict):
+        raise KitError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def check_model_config(folder: Path) -> None:
+    """The model is an encoder with (or for) a 2-label sequence-classification head."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    path, config = folder / "config.json", read_model_config(folder)
+    kind = config.get("model_type")
+    if kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise KitError(
+            f"{path}: model_type {kind!r} has no sequence classifier in transformers; expected an encoder "
+            f"such as distilbert or bert"
+        )
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise KitError(
+            f"{path}: model_type {kind!r} is a decoder (causal language model); expected an encoder such as "
+            f"distilbert or bert"
+        )
+    for key, labels in (("id2label", config.get("id2label")), ("num_labels", config.get("num_labels"))):
+        count = len(labels) if isinstance(labels, dict) else labels
+        if count is not None and count != 2:
+            raise KitError(
+                f"{path}: {count} labels ({key}); expected 2 (SST-2 is binary): use a base model or a "
+                f"2-label classifier"
+            )
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file as long as its header says: a truncated copy fails here, not deep in loading."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > size - 8:
+                raise ValueError(f"header of {length} bytes in a file of {size}")
+            header = json.loads(f.read(length))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise KitError(f"{path}: truncated or corrupt ({e}); expected a safetensors file") from None
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        raise KitError(f"{path}: truncated or corrupt ({size} bytes); expected {expected} bytes as its header says")
 
 
 def check_model_folder(folder: Path) -> None:
@@ -109,6 +188,9 @@ def check_model_folder(folder: Path) -> None:
         raise KitError(f"model folder {folder} has no config.json")
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise KitError(f"model folder {folder} has no weights (expected one of {', '.join(WEIGHT_FILES[:2])})")
+    check_model_config(folder)
+    if (folder / "model.safetensors").is_file():
+        check_safetensors(folder / "model.safetensors")
 
 
 def model_folder(name: str) -> Path | None:

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,9 +66,28 @@ def run_state(folder: Path) -> str:
     return "other"
 
 
+def check_folder_path(folder: Path, parameter: str) -> None:
+    """A folder to write into: not a file, not under a file, and (where it or its nearest existing parent exists)
+    writable; checked before any work, so a run does not fail at its first write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise KitError(f"{parameter} {folder} is a file; expected a folder (new or empty)")
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KitError(f"{parameter} {folder} cannot be created: {parent.name} is a file; expected a folder path")
+    try:  # a probe, not os.access: root passes access checks on read-only storage
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        where = "" if parent == folder else f" (in {parent.name}, its nearest existing folder)"
+        raise KitError(f"{parameter} {folder} cannot be written{where}: {e.strerror or e}") from e
+
+
 def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
     """Refuse to mix runs, touching nothing: a finished or unfinished run is only replaced with ``overwrite`` (or
     continued with ``resume``), and a folder that holds something else is never used. Returns the folder's state."""
+    check_folder_path(folder, "output_dir")
     state = run_state(folder)
     if resume:
         if state != "unfinished":

@@ -98,6 +98,42 @@ class Kit:
         (folder / name).unlink()
         return folder
 
+    def model_with(self, name: str = "model", drop: tuple[str, ...] = (), **config) -> Path:
+        """A copy of the tiny model without the files ``drop``, its config.json updated with ``config``."""
+        folder = Path(shutil.copytree(self.model, self.tmp / name))
+        for file in drop:
+            (folder / file).unlink()
+        values = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**values, **config}))
+        return folder
+
+    def truncated_weights(self) -> Path:
+        folder = self.model_with()
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return folder
+
+    def gpt2(self) -> Path:
+        """A tiny GPT-2 (a causal LM, no sequence classifier of the kind the kit trains) with the tiny tokenizer."""
+        from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+        folder = self.tmp / "gpt2"
+        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=30522)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(self.model).save_pretrained(folder)
+        return folder
+
+    def not_utf8(self, name: str) -> Path:
+        """The good TSV folder with a Latin-1 byte (not UTF-8) in line 3 of ``name``."""
+        folder = Path(shutil.copytree(self.tsv, self.tmp / "latin1"))
+        lines = (folder / name).read_bytes().split(b"\n")
+        lines[2] = b"caf\xe9 " + lines[2]
+        (folder / name).write_bytes(b"\n".join(lines))
+        return folder
+
+    def params(self, text: bytes) -> Path:
+        (self.tmp / "params.yaml").write_bytes(text)
+        return self.tmp / "params.yaml"
+
     def run_folder(self, *files: str, config: dict | None = None) -> Path:
         """An output folder holding a (finished or unfinished) run: ``files`` plus a config.json."""
         self.out.mkdir()
@@ -204,6 +240,65 @@ CASES = {
     "corrupted checkpoint": (
         lambda k: (k.run_folder("checkpoints/step-5.pt"), k.finetune(resume=True))[1],
         ["run/checkpoints: no readable checkpoint (tried step-5.pt (", "overwrite: true"],
+    ),
+    "header-only train.tsv": (
+        lambda k: k.finetune(data_dir=str(k.bad_tsv(train=["sentence\tlabel"]))),
+        ["bad-tsv/train.tsv: no rows after the header 'sentence<TAB>label'; expected at least one"],
+    ),
+    "header-only dev.tsv": (
+        lambda k: k.finetune(data_dir=str(k.bad_tsv(dev=["sentence\tlabel"]))),
+        ["bad-tsv/dev.tsv: no rows after the header"],
+    ),
+    "TSV not UTF-8": (
+        lambda k: k.finetune(data_dir=str(k.not_utf8("dev.tsv"))),
+        ["latin1/dev.tsv: line 3: not valid UTF-8 (byte 0xe9 at column 4); expected UTF-8 text"],
+    ),
+    "parameter file not UTF-8": (
+        lambda k: (lambda path: lambda: load_config(path))(k.params(b"epochs: 1\nmodel: caf\xe9\n")),
+        ["params.yaml: line 2: not valid UTF-8 (byte 0xe9 at column 11)"],
+    ),
+    "truncated model.safetensors": (
+        lambda k: k.finetune(model=str(k.truncated_weights())),
+        ["model/model.safetensors: truncated or corrupt", "expected"],
+    ),
+    "model config with 3 labels": (
+        lambda k: k.finetune(model=str(k.model_with(id2label={"0": "a", "1": "b", "2": "c"}))),
+        ["model/config.json: 3 labels (id2label); expected 2"],
+    ),
+    "model config num_labels 3": (
+        lambda k: k.finetune(model=str(k.model_with(num_labels=3))),
+        ["model/config.json: 3 labels (num_labels); expected 2"],
+    ),
+    "model that is no sequence classifier": (
+        lambda k: k.finetune(model=str(k.gpt2())),
+        ["gpt2/config.json: model_type 'gpt2' is a decoder (causal language model)", "expected an encoder"],
+    ),
+    "model folder without tokenizer files": (
+        lambda k: k.finetune(model=str(k.model_with(drop=("tokenizer.json", "tokenizer_config.json")))),
+        ["tokenizer folder", "model: a vocabulary of 5 tokens; expected at least 1000"],
+    ),
+    "preprocess with a tokenizer without files": (
+        lambda k: (lambda model: lambda: preprocess(k.tsv, str(model), k.tmp / "pre"))(
+            k.model_with(drop=("tokenizer.json", "tokenizer_config.json"))
+        ),
+        ["tokenizer folder", "model: a vocabulary of 5 tokens; expected at least 1000"],
+    ),
+    "tokenizer larger than the model's embeddings": (
+        lambda k: k.finetune(model=str(k.model_with(vocab_size=30000))),
+        ["tokenizer of 30522 tokens does not fit the model's 30000 embeddings", "config.json"],
+    ),
+    "npz float input_ids": (
+        lambda k: k.finetune(data_dir=str(k.bad_npz("train", input_ids=k.ids("train").astype(np.float32)))),
+        ["train_dataset.npz: 'input_ids' holds float32; expected integers"],
+    ),
+    "seed -1": (lambda k: k.finetune(seed=-1), ["parameter 'seed'=-1: expected a whole number >= 0"]),
+    "output_dir an existing file": (
+        lambda k: (k.out.write_text("x"), k.finetune())[1],
+        ["output_dir", "run is a file; expected a folder"],
+    ),
+    "output_dir under a file": (
+        lambda k: ((k.tmp / "afile").write_text("x"), k.finetune(output_dir=str(k.tmp / "afile" / "run")))[1],
+        ["output_dir", "afile/run cannot be created", "afile is a file"],
     ),
     "NaN loss": (
         lambda k: k.finetune(lr=1e30, log_every=1),
