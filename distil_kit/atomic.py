@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -57,3 +58,28 @@ def replace_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+# The temporary names above: ".<name>.<8 random characters>.tmp" files and ".<name>.<8 random characters>" folders
+# (tempfile's alphabet). Nothing else in a run folder is named so.
+_TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_TEMP_DIR = re.compile(r"\..+\.[a-z0-9_]{8}")
+
+
+def remove_leftovers(folder: str | Path, subfolders: tuple[str, ...] = ("checkpoints",)) -> list[Path]:
+    """Remove what killed ``write_atomic``/``replace_dir`` calls left in ``folder`` and its ``subfolders``
+    (checkpoint writes, the final model folder): call at the start or resume of a run, before anything writes.
+    Returns what was removed."""
+    removed = []
+    for where in (Path(folder), *(Path(folder) / s for s in subfolders)):
+        if not where.is_dir():
+            continue
+        for path in sorted(where.iterdir()):
+            if path.is_file() and _TEMP_FILE.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and not path.is_symlink() and _TEMP_DIR.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                continue
+            removed.append(path)
+    return removed

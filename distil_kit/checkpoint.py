@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,29 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _torch_save(state: dict, tmp: Path) -> None:
+    # Through a Python file object: a full disk is then an OSError (ENOSPC), where torch.save on a path says only
+    # "unexpected pos ..." from its C++ writer.
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def write_error(e: BaseException) -> str:
+    """A failed write in words: the OSError in its chain where there is one ("OSError: [Errno 28] No space left on
+    device", not the RuntimeError "unexpected pos ..." torch raises with it), else the error itself."""
+    seen, cause = set(), e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"{type(cause).__name__}: {cause}"
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def save(state: dict, folder: Path, step: int) -> Path:
     """Write ``step-<step>.pt`` (temporary file, then rename) and keep the newest ``KEEP`` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_atomic(folder / f"step-{step}.pt", lambda tmp: torch.save(state, tmp))
+    path = write_atomic(folder / f"step-{step}.pt", lambda tmp: _torch_save(state, tmp))
     for old in checkpoints(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
@@ -91,7 +111,7 @@ class BackgroundWriter:
         try:
             save(state, folder, step)
         except Exception as e:  # reported to the training thread by wait()
-            self._error = f"checkpoint {folder / f'step-{step}.pt'} could not be written: {type(e).__name__}: {e}"
+            self._error = f"checkpoint {folder / f'step-{step}.pt'} could not be written: {write_error(e)}"
 
     def wait(self) -> None:
         if self._thread is not None:
@@ -102,6 +122,29 @@ class BackgroundWriter:
             raise KitError(error)
 
 
+def check_readable(folder: Path) -> Path:
+    """The newest checkpoint whose zip directory reads (a cheap test, no unpickling), else ``load_latest``'s error:
+    for a resume refused before the model is loaded."""
+    tried = []
+    for path in reversed(checkpoints(folder)):
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+            return path
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            tried.append(f"{path.name} ({type(e).__name__})")
+    raise _no_checkpoint(folder, tried)
+
+
+def _no_checkpoint(folder: Path, tried: list[str]) -> KitError:
+    if not tried:
+        return KitError(
+            f"{folder}: no checkpoint to resume from (the run stopped before its first one); start "
+            f"over with overwrite: true"
+        )
+    return KitError(f"{folder}: no readable checkpoint (tried {', '.join(tried)}); start over with overwrite: true")
+
+
 def load_latest(folder: Path) -> tuple[dict, Path]:
     """The newest checkpoint that loads; an unreadable one (truncated, say) falls back to the one before."""
     tried = []
@@ -110,9 +153,4 @@ def load_latest(folder: Path) -> tuple[dict, Path]:
             return torch.load(path, map_location="cpu", weights_only=False), path
         except Exception as e:  # a truncated zip raises RuntimeError, EOFError or pickle errors, by version
             tried.append(f"{path.name} ({type(e).__name__})")
-    if not tried:
-        raise KitError(
-            f"{folder}: no checkpoint to resume from (the run stopped before its first one); start "
-            f"over with overwrite: true"
-        )
-    raise KitError(f"{folder}: no readable checkpoint (tried {', '.join(tried)}); start over with overwrite: true")
+    raise _no_checkpoint(folder, tried)

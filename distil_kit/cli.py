@@ -26,6 +26,8 @@ def _finetune(args) -> None:
     from .config import load_config
     from .engine import finetune
 
+    if args.seeds:
+        return _sweep(load_config(args.params, args.set), args.seeds)
     overrides = {"resume": True} if args.resume else {}
     run = finetune(load_config(args.params, args.set, **overrides))
     if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
@@ -37,10 +39,27 @@ def _finetune(args) -> None:
         )
 
 
+def _sweep(config, seeds: list[int]) -> None:
+    from .sweep import run_sweep
+
+    table = run_sweep(config, seeds)
+    if os.environ.get("RANK", "0") == "0":
+        print(table.drop(columns="run").to_string(index=False))
+        print(f"sweep record: {os.path.join(config.output_dir, 'sweep.json')}")
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def _report(args) -> None:
     from .analysis import report
-    from .records import find_runs
+    from .records import check_folder_path, find_runs
 
+    check_folder_path(args.out, "report --out")  # a file there, or no way to write, fails before any reading
     for path in report(find_runs(args.runs), args.out, benchmarks=args.benchmarks).values():
         print(path)
 
@@ -105,6 +124,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--params", help="YAML parameter file (see params/)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
     s.add_argument("--resume", action="store_true", help="continue the unfinished run in output_dir")
+    s.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S,S,...",
+        help="a seed sweep: one run per seed into <output_dir>/seed-<s>/ and the sweep's record (sweep.json, "
+        "sweep.csv) beside them; the same command continues a stopped sweep",
+    )
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("report", help="figures and tables of run folders (what the analysis notebook writes)")

@@ -3,6 +3,7 @@ reader of it (``find_runs`` resolves folders and glob patterns into runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -26,6 +27,7 @@ from .errors import KitError
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "samples_per_s", "tokens_per_s", "elapsed_s"]
 EVAL_COLUMNS = ["epoch", "step", "accuracy", "correct", "total", "acc_low", "acc_high", "eval_s", "train_s"]
 PREDICTION_COLUMNS = ["idx", "sentence", "label", "pred", "prob_pos"]
+LOCK_FILE = ".lock"
 RUN_FILES = ("config.json", "steps.csv", "evals.csv", "summary.json", "manifest.json", "predictions.csv")
 CSV_COLUMNS = {"steps.csv": STEP_COLUMNS, "evals.csv": EVAL_COLUMNS, "predictions.csv": PREDICTION_COLUMNS}
 THROUGHPUTS = ("throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute")
@@ -57,7 +59,7 @@ def default_output_dir() -> str:
 
 def run_state(folder: Path) -> str:
     """'empty' (absent or no files), 'finished', 'unfinished' (a run without summary.json) or 'other'."""
-    if not folder.exists() or not any(folder.iterdir()):
+    if not folder.exists() or all(p.name == LOCK_FILE for p in folder.iterdir()):  # the lock is no content
         return "empty"
     if (folder / "summary.json").exists():
         return "finished"
@@ -84,9 +86,11 @@ def check_folder_path(folder: Path, parameter: str) -> None:
         raise KitError(f"{parameter} {folder} cannot be written{where}: {e.strerror or e}") from e
 
 
-def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
+def check_output_dir(folder: Path, resume: bool, overwrite: bool, world_size: int | None = None) -> str:
     """Refuse to mix runs, touching nothing: a finished or unfinished run is only replaced with ``overwrite`` (or
-    continued with ``resume``), and a folder that holds something else is never used. Returns the folder's state."""
+    continued with ``resume``), and a folder that holds something else is never used. A resume needs a readable
+    checkpoint and (given ``world_size``) the process count the run was started with. Returns the folder's state."""
+    folder = Path(folder)
     check_folder_path(folder, "output_dir")
     state = run_state(folder)
     if resume:
@@ -94,6 +98,16 @@ def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
             raise KitError(
                 f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run "
                 f"with checkpoints)"
+            )
+        from .checkpoint import check_readable  # imported here: it imports torch
+
+        check_readable(folder / "checkpoints")
+        manifest = folder / "manifest.json"
+        started = json.loads(manifest.read_text()).get("world_size") if manifest.is_file() else None
+        if world_size is not None and isinstance(started, int) and started != world_size:
+            raise KitError(
+                f"output_dir {folder}: the run was started with {started} process(es), this is {world_size}; "
+                f"resume with the same number of processes (torchrun --nproc_per_node)"
             )
         return state
     if state == "finished" and not overwrite:
@@ -111,13 +125,42 @@ def check_output_dir(folder: Path, resume: bool, overwrite: bool) -> str:
     return state
 
 
+@contextlib.contextmanager
+def lock_run(folder):
+    """Hold an advisory lock on a run folder (``fcntl.flock`` on ``<folder>/.lock``, which holds the holder's pid)
+    for the ``with`` block; a second holder, in this or another process, is refused naming the pid. The lock goes
+    with its process, so a lock file left by a killed run never blocks. Creates the folder."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise KitError(
+                f"run folder {folder} is in use by process {holder} (it holds {LOCK_FILE}); wait for it to end "
+                f"or stop it, or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a new holder)
+
+
 def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:
     """``check_output_dir``, then clear an old run being overwritten and create the folder."""
     state = check_output_dir(folder, resume, overwrite)
     if resume:
         return
-    if state in ("finished", "unfinished"):
-        shutil.rmtree(folder)
+    if state in ("finished", "unfinished"):  # the old run goes; the lock file stays (a holder may be locking it)
+        for path in folder.iterdir():
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
