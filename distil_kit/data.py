@@ -262,6 +262,21 @@ def check_encoded(split: Split, name: str, vocab_size: int | None = None) -> Non
             )
 
 
+def check_positions(splits: dict[str, Split], max_positions: int | None, model: str = "the model") -> None:
+    """Every row's real tokens fit the model's position embeddings (``max_position_embeddings``); a longer row
+    would fail inside the first training step."""
+    if max_positions is None:
+        return
+    for name, split in splits.items():
+        lengths = split.lengths
+        bad = np.flatnonzero(lengths > max_positions)
+        if bad.size:
+            raise KitError(
+                f"{name} split, row {bad[0]}: {int(lengths[bad[0]])} tokens, more than the {max_positions} "
+                f"positions of {model} (max_position_embeddings); preprocess with a smaller max_length"
+            )
+
+
 def write_npz(split: Split, path: Path) -> None:
     """FlagPerf's layout: ``np.savez`` of the five keys, int64 arrays and a numpy unicode ``sentence``."""
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary file's name

@@ -137,6 +137,13 @@ def read_model_config(folder: Path) -> dict:
     return config
 
 
+def max_positions(name: str) -> int | None:
+    """A local model folder's ``max_position_embeddings`` (None for a hub id or a config without one)."""
+    folder = _local_folder(str(name), "model")
+    value = read_model_config(folder).get("max_position_embeddings") if folder is not None else None
+    return value if isinstance(value, int) else None
+
+
 def check_model_config(folder: Path) -> None:
     """The model is an encoder with (or for) a 2-label sequence-classification head."""
     from transformers.models.auto.modeling_auto import (

@@ -217,3 +217,38 @@ def test_report_out_an_existing_file(tmp_path, capsys):
     assert out == "" and err.count("\n") == 1
     assert f"report --out {tmp_path / 'report.png'} is a file; expected a folder" in err
     assert (tmp_path / "report.png").read_text() == "x"
+
+
+# --- rows longer than the model's positions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lengths, limit, pieces",
+    [
+        ([3, 9, 4], 8, ["dev split, row 1: 9 tokens, more than the 8 positions of m (max_position_embeddings)"]),
+        ([3, 8], 8, None),
+        ([600], None, None),
+    ],
+)
+def test_rows_longer_than_the_models_positions(lengths, limit, pieces):
+    import numpy as np
+
+    from distil_kit.data import Split, check_positions
+
+    width = max(lengths) + 2  # right padding beyond the longest row does not count
+    mask = (np.arange(width) < np.array(lengths)[:, None]).astype(np.int64)
+    n = len(lengths)
+    split = Split(np.arange(n), np.array(["s"] * n), np.zeros(n, dtype=np.int64), mask * 5, mask)
+    if pieces is None:
+        check_positions({"dev": split}, limit, "m")
+        return
+    with pytest.raises(KitError) as error:
+        check_positions({"dev": split}, limit, "m")
+    assert all(piece in str(error.value) for piece in pieces)
+
+
+def test_max_positions_reads_the_config(tiny_model):
+    from distil_kit.modeling import max_positions
+
+    assert max_positions(str(tiny_model)) == 512
+    assert max_positions("distilbert-base-uncased") is None
