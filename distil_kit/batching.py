@@ -138,10 +138,10 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
 
 
 def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
-    """The run's training batches: its ``EpochBatches`` sampler (``set_epoch`` selects the epoch) and the
-    DataLoader over it. ``cfg``: the run's ``RunConfig``."""
+    """The run's training micro-batches (``cfg.micro_batch_size`` rows per device): its ``EpochBatches`` sampler
+    (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``."""
     sampler = EpochBatches(
-        split.lengths, cfg.train_batch_size, cfg.seed, bucketed=cfg.bucket_batches, rank=rank, world_size=world_size
+        split.lengths, cfg.micro_batch_size, cfg.seed, bucketed=cfg.bucket_batches, rank=rank, world_size=world_size
     )
     loader = torch.utils.data.DataLoader(
         SplitDataset(split),

@@ -55,7 +55,8 @@ class TqdmProgress(Callback):
         print(
             f"{trainer.train_rows} training rows; global batch {trainer.global_batch_size} "
             f"({cfg.train_batch_size} per process x {trainer.world.size} process(es) x "
-            f"{cfg.gradient_accumulation_steps} accumulated); {trainer.total_steps} optimizer steps"
+            f"{cfg.gradient_accumulation_steps} accumulated), trained {trainer.accumulation} micro-batch(es) of "
+            f"{cfg.micro_batch_size} rows a step; {trainer.total_steps} optimizer steps"
         )
         self.epochs = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs")
         self._open_epoch(trainer)

@@ -14,20 +14,29 @@ from __future__ import annotations
 import resource
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from . import checkpoint, data, distributed, records
+from . import atomic, checkpoint, data, distributed, records
 from .atomic import replace_dir, write_json_atomic
 from .batching import train_loader
 from .callbacks import CallbackList, default_progress
-from .config import RunConfig
+from .config import RunConfig, micro_batches_per_step
 from .errors import KitError
 from .evaluate import Evaluation, evaluate
 from .inputs import check_ids_fit, load_splits, seed_everything
-from .modeling import file_sha256, load_classifier, load_tokenizer, model_folder, vocab_sha256, weights_sha256
+from .modeling import (
+    file_sha256,
+    load_classifier,
+    load_tokenizer,
+    max_positions,
+    model_folder,
+    vocab_sha256,
+    weights_sha256,
+)
 from .progress import Clock, Progress, RateWindow, summary
 from .recipe import make_optimizer, make_scheduler, total_optimizer_steps
 from .resolve import resolve_config, resolve_device
@@ -50,6 +59,7 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         self.tokenizer = load_tokenizer(cfg.model)
         self.splits = load_splits(cfg, self.tokenizer)
+        data.check_positions(self.splits, max_positions(cfg.model), f"model {cfg.model}")  # before loading it
         seed_everything(cfg.seed)
         self.model = load_classifier(cfg.model).to(device)
         check_ids_fit(self.splits, self.model)
@@ -58,7 +68,8 @@ class Trainer:
             self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
         )
 
-        self.total_steps = total_optimizer_steps(self.batches_per_epoch, cfg.gradient_accumulation_steps, cfg.epochs)
+        self.accumulation = micro_batches_per_step(cfg)  # 1 when fused (micro_batch_size: the whole step)
+        self.total_steps = total_optimizer_steps(self.batches_per_epoch, self.accumulation, cfg.epochs)
         self.optimizer = make_optimizer(
             self.model, cfg.lr, cfg.weight_decay, fused=cfg.fused_adamw, capturable=cfg.cuda_graphs
         )
@@ -99,7 +110,7 @@ class Trainer:
         self.window.reset(self.clock.no_eval_seconds())
         while p.batches_done < n:
             t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(min(cfg.gradient_accumulation_steps, n - p.batches_done))]
+            micro = [next(batches) for _ in range(min(self.accumulation, n - p.batches_done))]
             self.clock.add("data", time.perf_counter() - t0)
             self.train_step(micro)
             p.batches_done += len(micro)
@@ -301,16 +312,20 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
         cfg = resolve_config(cfg, device, world.size)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
-        records.check_output_dir(out, cfg.resume, cfg.overwrite)  # refuse a taken folder before heavy loading
-        trainer = Trainer(cfg, world, device, started, [default_progress(), *callbacks])  # loads and checks inputs
-        if cfg.resume:
-            state, path = checkpoint.load_latest(out / "checkpoints")
-            trainer.load_state_dict(state, path)
+        # A taken folder, a resume without a readable checkpoint or with another world size: refused before loading.
+        records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
+        with records.lock_run(out) if world.main else nullcontext():  # one process per run folder
             if world.main:
-                print(f"resuming from {path} (epoch {trainer.progress.epoch + 1}, step {trainer.progress.step})")
-        # Only now, with every input checked, is the folder (an old run in it, with overwrite) touched.
-        distributed.on_main(world, lambda: _start_run_folder(trainer))
-        _run(trainer, resumed=cfg.resume)
+                atomic.remove_leftovers(out)  # what killed writes left behind
+            trainer = Trainer(cfg, world, device, started, [default_progress(), *callbacks])  # loads, checks inputs
+            if cfg.resume:
+                state, path = checkpoint.load_latest(out / "checkpoints")
+                trainer.load_state_dict(state, path)
+                if world.main:
+                    print(f"resuming from {path} (epoch {trainer.progress.epoch + 1}, step {trainer.progress.step})")
+            # Only now, with every input checked, is the folder (an old run in it, with overwrite) touched.
+            distributed.on_main(world, lambda: _start_run_folder(trainer))
+            _run(trainer, resumed=cfg.resume)
     return records.Run(Path(cfg.output_dir))
 
 

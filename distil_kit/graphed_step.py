@@ -40,13 +40,14 @@ CAPTURABLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTI
 
 
 REQUIREMENTS = (
-    "a CUDA device, one process, gradient_accumulation_steps 1, num_workers 0 and a precision other than fp16"
+    "a CUDA device, one process, one micro-batch per optimizer step (gradient_accumulation_steps 1, or "
+    "micro_batch_size the whole step), num_workers 0 and a precision other than fp16"
 )
 
 
 def graphs_fit(device: torch.device, world_size: int, accumulation: int, precision: str, num_workers: int) -> bool:
     """Whether a whole step can be one graph (``REQUIREMENTS``). One process: DDP's gradient all-reduce is not
-    captured. No accumulation: a graph is one forward, backward and update. Not fp16: the grad scaler's
+    captured. One micro-batch per step: a graph is one forward, backward and update. Not fp16: the grad scaler's
     inf check reads its result on the host. No DataLoader workers: their pin-memory thread could allocate on the
     device during a capture."""
     return (

@@ -129,27 +129,38 @@ def check_output_dir(folder: Path, resume: bool, overwrite: bool, world_size: in
 def lock_run(folder):
     """Hold an advisory lock on a run folder (``fcntl.flock`` on ``<folder>/.lock``, which holds the holder's pid)
     for the ``with`` block; a second holder, in this or another process, is refused naming the pid. The lock goes
-    with its process, so a lock file left by a killed run never blocks. Creates the folder."""
+    with its process, so a lock file left by a killed run never blocks. The lock file is removed on leaving, and the
+    folder too when the block created it and left nothing else in it (a run that failed before writing)."""
     import fcntl
 
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise KitError(
                 f"run folder {folder} is in use by process {holder} (it holds {LOCK_FILE}); wait for it to end "
                 f"or stop it, or choose another output_dir"
             ) from None
+        # A holder that was leaving may have removed the file after we opened it: lock the file at the path.
+        if path.exists() and os.fstat(fd).st_ino == path.stat().st_ino:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with a new holder)
+        path.unlink(missing_ok=True)  # while still holding the lock: a newcomer then locks a new file
+        os.close(fd)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:

@@ -34,19 +34,23 @@ def fast_precision(device: torch.device) -> str:
 
 
 def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
-    """Fill every run-time default (model, output folder, the fast switches, precision) so config.json is whole."""
+    """Fill every run-time default (model, output folder, micro-batch size, the fast switches, precision) so
+    config.json is whole."""
     model = cfg.model
     if model is None:
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    graphs_fit = graphed_step.graphs_fit(
-        device, world_size, cfg.gradient_accumulation_steps, precision, cfg.num_workers
-    )
+    # Fused accumulation: the fast path trains each optimizer step's rows as one micro-batch (the same mean loss).
+    step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    micro = cfg.micro_batch_size or (step_rows if cfg.fast else cfg.train_batch_size)
+    accumulation = step_rows // micro
+    graphs_fit = graphed_step.graphs_fit(device, world_size, accumulation, precision, cfg.num_workers)
     resolved = cfg.replace(
         model=model,
         output_dir=cfg.output_dir or records.default_output_dir(),
         precision=precision,
+        micro_batch_size=micro,
         bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
@@ -55,7 +59,7 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
     if resolved.cuda_graphs and not graphs_fit:
         raise KitError(
             f"parameter 'cuda_graphs'=true: needs {graphed_step.REQUIREMENTS} (this run: device {device}, "
-            f"{world_size} process(es), accumulation {cfg.gradient_accumulation_steps}, num_workers "
+            f"{world_size} process(es), {accumulation} micro-batch(es) per step, num_workers "
             f"{cfg.num_workers}, precision {precision})"
         )
     return resolved

@@ -64,3 +64,19 @@ def varied_model(tmp_path_factory, tiny_model) -> Path:
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def still_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model without dropout: one process and two then differ only by the order of float sums."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0
+    )
+    folder = tmp_path_factory.mktemp("still-model")
+    model.save_pretrained(folder)
+    for f in Path(tiny_model).glob("*"):
+        if f.name not in ("config.json", "model.safetensors"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder

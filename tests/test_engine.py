@@ -497,10 +497,13 @@ def test_cuda_graphs_default_only_where_a_step_can_be_captured():
     assert resolve_config(fast, cuda).cuda_graphs and not resolve_config(fast, cuda).compile
     for changes, world in [
         ({"num_workers": 2}, 1),
-        ({"gradient_accumulation_steps": 2}, 1),
+        ({"gradient_accumulation_steps": 2, "micro_batch_size": 32}, 1),  # two micro-batches a step
         ({"precision": "fp16"}, 1),
         ({}, 2),
     ]:
         assert not resolve_config(fast.replace(**changes), cuda, world).cuda_graphs
+    # fused accumulation: FlagPerf's 32 x 8 trained as one micro-batch of 256, which a graph can capture
+    fused = resolve_config(fast.replace(gradient_accumulation_steps=8), cuda)
+    assert fused.micro_batch_size == 256 and fused.cuda_graphs
     with pytest.raises(KitError, match="num_workers 0 .* num_workers 2"):
         resolve_config(fast.replace(cuda_graphs=True, num_workers=2), cuda)

@@ -146,10 +146,15 @@ def test_a_second_process_on_a_run_folder_is_refused(tmp_path):
                 pass
 
 
-def test_lock_creates_the_folder_and_keeps_nothing_else(tmp_path):
+def test_lock_leaves_nothing_behind(tmp_path):
     with records.lock_run(tmp_path / "new" / "run") as folder:
-        assert folder == tmp_path / "new" / "run"
-    assert [p.name for p in folder.iterdir()] == [".lock"]
+        assert folder == tmp_path / "new" / "run" and [p.name for p in folder.iterdir()] == [".lock"]
+    assert not folder.exists()  # created for the block, left empty: removed
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with records.lock_run(kept):
+        (kept / "config.json").write_text("{}")
+    assert [p.name for p in kept.iterdir()] == ["config.json"]
 
 
 # --- checks before the model is loaded ---------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """Seed sweeps: one run per seed, the sweep record, and a sweep continued after a stop."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 
-from distil_kit import Callback, RunConfig, sweep
+from distil_kit import Callback, RunConfig, checkpoint, sweep
 from distil_kit.engine import RunInterrupted
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
@@ -87,3 +92,35 @@ def test_a_stopped_sweep_continues_where_it_stopped(config, whole, tmp_path, cap
 def test_seeds_must_be_distinct(config, tmp_path):
     with pytest.raises(sweep.KitError, match=r"parameter 'seeds'=\[1, 1\]: expected distinct whole numbers"):
         sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [1, 1])
+
+
+def test_a_killed_cli_sweep_continues_to_the_same_record(config, whole, tmp_path):
+    """SIGKILL while seed 1 trains (after a checkpoint of it is on disk); the same command continues the sweep."""
+    out = tmp_path / "sweep"
+    sets = [
+        a
+        for key, value in {**config.to_dict(), "output_dir": out, "checkpoint_every": 1}.items()
+        if value is not None
+        for a in ("--set", f"{key}={value}")
+    ]
+    command = [sys.executable, "-m", "distil_kit", "finetune", "--seeds", "0,1,2", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while not checkpoint.checkpoints(out / "seed-1" / "checkpoints"):
+        assert proc.poll() is None, "the sweep ended before seed 1 wrote a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint of seed 1 after 240 s"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert (out / "seed-0" / "summary.json").is_file() and not (out / "seed-1" / "summary.json").exists()
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from {out / 'seed-1' / 'checkpoints'}" in done.stdout
+    record, uninterrupted = (json.loads((folder / "sweep.json").read_text()) for folder in (out, whole[0]))
+    timing = ("time_to_target_mlperf",)  # seconds differ between any two runs
+    assert {k: v for k, v in record.items() if k not in timing} == {
+        k: v for k, v in uninterrupted.items() if k not in timing
+    }  # as if never killed
+    assert f"sweep record: {out / 'sweep.json'}" in done.stdout

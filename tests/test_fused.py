@@ -1,0 +1,87 @@
+"""Fused accumulation: FlagPerf's 32 x 8 accumulated micro-batches trained as one micro-batch of 256 rows per
+optimizer step makes the same updates (the mean loss over the step's rows), up to the order of float sums."""
+
+import numpy as np
+import pytest
+import torch
+
+from distil_kit import Callback, KitError, Run, RunConfig, finetune
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+
+
+@pytest.fixture(scope="module")
+def pair(still_model, sst2_dir, tmp_path_factory):
+    """The same rows per step (plain sampler: a step's 256 rows are 8 consecutive batches of 32), dropout off."""
+    out = tmp_path_factory.mktemp("fused")
+    common = dict(
+        model=str(still_model),
+        data_dir=str(sst2_dir),
+        epochs=2,
+        max_train_samples=768,
+        train_batch_size=32,
+        gradient_accumulation_steps=8,
+        log_every=1,
+        target_acc=None,
+        device="cpu",
+    )
+    shapes = {}
+    for name, micro in (("accumulated", 32), ("fused", 256)):
+        probe = Shape()
+        finetune({**common, "micro_batch_size": micro, "output_dir": str(out / name)}, callbacks=[probe])
+        shapes[name] = probe.seen
+    assert shapes == {"accumulated": (8, 24), "fused": (1, 3)}  # micro-batches a step, micro-batches an epoch
+    return Run(out / "accumulated"), Run(out / "fused")
+
+
+class Shape(Callback):
+    def on_run_start(self, trainer):
+        self.seen = (trainer.accumulation, trainer.batches_per_epoch)
+
+
+def test_fused_steps_make_the_accumulated_updates(pair):
+    from safetensors.torch import load_file
+
+    accumulated, fused = pair
+    assert (accumulated.config["micro_batch_size"], fused.config["micro_batch_size"]) == (32, 256)
+    assert accumulated.summary["steps"] == fused.summary["steps"] == 6  # 768 rows / 256, two epochs
+    assert accumulated.summary["global_batch_size"] == fused.summary["global_batch_size"] == 256
+    assert fused.steps.lr.tolist() == accumulated.steps.lr.tolist()
+    assert np.abs(fused.steps.loss - accumulated.steps.loss).max() <= 1e-5
+    w_acc = load_file(accumulated.folder / "model" / "model.safetensors")
+    w_fused = load_file(fused.folder / "model" / "model.safetensors")
+    worst = max((w_acc[k] - w_fused[k]).abs().max().item() for k in w_acc)
+    moved = max((w_acc[k] - w0).abs().max().item() for k, w0 in _initial(accumulated).items())
+    assert worst <= 1e-5 < moved  # equal within float tolerance, after updates that moved the weights
+    assert fused.summary["train_samples"] == accumulated.summary["train_samples"] == 2 * 768
+
+
+def _initial(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run.config["model"] + "/model.safetensors")
+
+
+def test_fast_fuses_the_step_and_buckets_its_rows(still_model, sst2_dir, tmp_path):
+    run = finetune(
+        dict(
+            model=str(still_model),
+            data_dir=str(sst2_dir),
+            epochs=1,
+            max_train_samples=512,
+            train_batch_size=32,
+            gradient_accumulation_steps=8,
+            fast=True,
+            target_acc=None,
+            save_model=False,
+            device="cpu",
+            output_dir=str(tmp_path / "fast"),
+        )
+    )
+    assert run.config["micro_batch_size"] == 256 and run.summary["steps"] == 2
+    assert run.summary["global_batch_size"] == 256 and run.summary["train_samples"] == 512
+
+
+def test_a_micro_batch_size_must_divide_the_step():
+    with pytest.raises(KitError, match=r"'micro_batch_size'=48: expected null or a divisor of .* \(256\)"):
+        RunConfig.from_dict({"train_batch_size": 32, "gradient_accumulation_steps": 8, "micro_batch_size": 48})
