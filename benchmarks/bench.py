@@ -357,7 +357,7 @@ def benchmark(args) -> pd.DataFrame:
             elif v == "b":
                 results[v] = run_hf_trainer(ctx, train, bf16=fast_bf16)
             else:
-                results[v] = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
+                results[v], _ = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
             results[v]["wall_s"] = time.perf_counter() - t0
             results[v]["others_cpu_share"] = share = contention.others_share()
             spare = 1 - min(torch.get_num_threads(), os.cpu_count() or 1) / (os.cpu_count() or 1)

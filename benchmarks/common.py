@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from measure import PeakMemory
@@ -118,7 +119,9 @@ def fast_label(fast_set: dict) -> str:
     return "".join(f", {k}={v}" for k, v in fast_set.items())
 
 
-def run_kit(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> dict:
+def run_kit(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED, **extra) -> tuple[dict, np.ndarray]:
+    """One kit run: its benchmark row, and its per-dev-row correctness (read now: the next run of this name
+    replaces the folder)."""
     cfg = {**kit_config(ctx, fast, rows, name, seed), **extra}
     with PeakMemory(ctx.device) as mem:
         run = finetune(cfg)
@@ -138,8 +141,7 @@ def run_kit(ctx: Context, fast: bool, rows: int, name: str, seed: int = SEED, **
         "mem_kind": mem.kind,
         "compile_s": s["compile_time"],
         "dev_acc": s["acc"],
-        "dev_correct_rows": compare.correct_rows(run)[1],  # read now: the next run of this name replaces the folder
-    }
+    }, compare.correct_rows(run)[1]
 
 
 # --- CLI and output --------------------------------------------------------------------------------------------

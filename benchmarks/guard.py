@@ -70,8 +70,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
         for seed in args.seeds:
             for name, fast in (("plain", False), ("fast", True)):
                 extra = fast_set if fast else {}
-                r = common.run_kit(ctx, fast=fast, rows=len(train), name=name, seed=seed, **extra)
-                correct[name] = r["dev_correct_rows"]
+                r, correct[name] = common.run_kit(ctx, fast=fast, rows=len(train), name=name, seed=seed, **extra)
                 rows.append(
                     {
                         "seed": seed,

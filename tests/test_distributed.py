@@ -232,8 +232,8 @@ def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
     before = sorted(p.name for p in run.rglob("*"))
     with pytest.raises(
         KitError,
-        match=r"step-38.pt was written by 2 process\(es\), this run has 1; resume with "
-        r"the same number of processes \(torchrun --nproc_per_node\)$",
+        match=r"the run was started with 2 process\(es\), this is 1; resume with "
+        r"the same number of processes \(torchrun --nproc_per_node\)$",  # found before the model is loaded
     ):
         engine.finetune(output_dir=str(run), resume=True)
     assert sorted(p.name for p in run.rglob("*")) == before
