@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from measure import environment  # noqa: E402
 
 from distil_kit import compare, stats  # noqa: E402
+from distil_kit.cli import seed_list  # noqa: E402
 from distil_kit.errors import KitError  # noqa: E402
 from distil_kit.resolve import resolve_device  # noqa: E402
 
@@ -102,16 +103,6 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------
-
-
-def seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
-    return seeds
 
 
 def parse_args(argv=None):

@@ -48,11 +48,15 @@ def _sweep(config, seeds: list[int]) -> None:
         print(f"sweep record: {os.path.join(config.output_dir, 'sweep.json')}")
 
 
-def _seed_list(text: str) -> list[int]:
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct whole numbers (the sweep's CLI and the accuracy guard's)."""
     try:
-        return [int(s) for s in text.split(",")]
+        seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
+    return seeds
 
 
 def _report(args) -> None:
@@ -126,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the unfinished run in output_dir")
     s.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=seed_list,
         metavar="S,S,...",
         help="a seed sweep: one run per seed into <output_dir>/seed-<s>/ and the sweep's record (sweep.json, "
         "sweep.csv) beside them; the same command continues a stopped sweep",
