@@ -91,7 +91,14 @@ def test_finetune_parameters_cell_is_runconfig():
 def test_finetune_notebook_nbformat_4_5():
     raw = json.loads((ROOT / "notebooks" / "finetune.ipynb").read_text())
     assert (raw["nbformat"], raw["nbformat_minor"]) == (4, 5) and all(c.get("id") for c in raw["cells"])
-    assert raw["metadata"]["kernelspec"] == {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # What JupyterLab writes on opening (the python3 kernel's own display name and language_info), so that opening
+    # a notebook does not mark it modified.
+    assert raw["metadata"]["kernelspec"] == {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    assert raw["metadata"]["language_info"]["pygments_lexer"] == "ipython3"
 
 
 def test_notebooks_exist():
