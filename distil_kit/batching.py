@@ -1,9 +1,10 @@
 """From a tokenized split to batches: the Dataset, the trimming collate and the seeded epoch samplers.
 
-A sampler yields *keys*: ``(row, weight)``. ``weight`` is the row's share of the global batch loss times the
-world size (DDP averages gradients over ranks), so the summed weighted loss on every rank averages to the
-mean loss over the global batch, however unevenly the last batch splits across ranks. A rank left without a
-row gets a filler row of weight 0, so that every rank runs the same number of steps.
+A sampler yields *keys*: ``(row, weight)``. ``weight`` is the row's share of its optimizer step's loss times the
+world size (DDP averages gradients over ranks), so the summed weighted loss of a step's micro-batches on every
+rank averages to the mean loss over the step's rows, however unevenly the last step splits into micro-batches
+and across ranks. A rank left without a row gets a filler row of weight 0, so that every rank runs the same
+number of steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .config import micro_batches_per_step
 from .data import Split
 
 
@@ -69,15 +71,17 @@ class TrimCollate:
 
 
 class EpochBatches:
-    """Seeded training batches for one rank: every row exactly once per epoch across all ranks.
+    """Seeded training micro-batches for one rank: every row exactly once per epoch across all ranks.
 
-    Plain: a random permutation of the rows (seeded by ``seed`` and the epoch) cut into global batches of
-    ``batch_size * world_size`` rows. Bucketed: the permutation is cut into chunks of ``chunk_batches`` global
-    batches, each chunk sorted by length and cut into batches, and the batches shuffled, so batches hold rows of
-    similar length (little padding) while the epoch stays a seeded random order. Each global batch is then split
-    into ``world_size`` contiguous parts; this rank takes part ``rank``.
+    A random permutation of the rows (seeded by ``seed`` and the epoch) is cut into optimizer steps of
+    ``batch_size * accumulation * world_size`` rows, so a step holds the same rows whether it trains as one
+    micro-batch or as ``accumulation`` of them. Each step is cut into global micro-batches of
+    ``batch_size * world_size`` rows; bucketed, the step's rows are sorted by length first, so its micro-batches
+    hold rows of similar length (little padding) while the steps, and so the gradients, stay those of the random
+    order. Each global micro-batch is split into ``world_size`` contiguous parts; this rank takes part ``rank``.
+    A row's weight is ``world_size`` over its step's rows: a step's weighted losses sum to its mean loss.
 
-    ``set_epoch(epoch, skip)`` selects the epoch and skips its first ``skip`` batches (to resume mid-epoch).
+    ``set_epoch(epoch, skip)`` selects the epoch and skips its first ``skip`` micro-batches (to resume mid-epoch).
     """
 
     def __init__(
@@ -86,18 +90,19 @@ class EpochBatches:
         batch_size: int,
         seed: int,
         *,
+        accumulation: int = 1,
         bucketed: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        chunk_batches: int = 64,
     ):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.seed, self.bucketed = batch_size, seed, bucketed
-        self.rank, self.world_size, self.chunk_batches = rank, world_size, chunk_batches
+        self.accumulation, self.rank, self.world_size = accumulation, rank, world_size
         self.epoch, self.skip = 0, 0
 
     @property
     def global_batch_size(self) -> int:
+        """Rows per global micro-batch (all ranks)."""
         return self.batch_size * self.world_size
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -106,28 +111,25 @@ class EpochBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.global_batch_size)
 
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """Every rank's rows of each batch of ``epoch``, in order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.lengths))
-        gbs = self.global_batch_size
-        if not self.bucketed:
-            return [order[i : i + gbs] for i in range(0, len(order), gbs)]
+    def global_batches(self, epoch: int) -> list[tuple[np.ndarray, int]]:
+        """Every rank's rows of each micro-batch of ``epoch``, in order, each with its step's row count."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
+        gbs, step_rows = self.global_batch_size, self.global_batch_size * self.accumulation
         batches = []
-        chunk = gbs * self.chunk_batches
-        for start in range(0, len(order), chunk):
-            rows = order[start : start + chunk]
-            rows = rows[np.argsort(self.lengths[rows], kind="stable")]
-            batches += [rows[i : i + gbs] for i in range(0, len(rows), gbs)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        for start in range(0, len(order), step_rows):
+            rows = order[start : start + step_rows]
+            if self.bucketed:
+                rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+            batches += [(rows[i : i + gbs], len(rows)) for i in range(0, len(rows), gbs)]
+        return batches
 
     def __iter__(self):
-        for rows in self.global_batches(self.epoch)[self.skip :]:
+        for rows, step_rows in self.global_batches(self.epoch)[self.skip :]:
             part = np.array_split(rows, self.world_size)[self.rank]
             if len(part) == 0:  # fewer rows than ranks in the last batch: a filler row that adds nothing
                 yield [(int(rows[0]), 0.0)]
             else:
-                weight = self.world_size / len(rows)
+                weight = self.world_size / step_rows
                 yield [(int(r), weight) for r in part]
 
 
@@ -141,7 +143,13 @@ def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memo
     """The run's training micro-batches (``cfg.micro_batch_size`` rows per device): its ``EpochBatches`` sampler
     (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``."""
     sampler = EpochBatches(
-        split.lengths, cfg.micro_batch_size, cfg.seed, bucketed=cfg.bucket_batches, rank=rank, world_size=world_size
+        split.lengths,
+        cfg.micro_batch_size,
+        cfg.seed,
+        accumulation=micro_batches_per_step(cfg),
+        bucketed=cfg.bucket_batches,
+        rank=rank,
+        world_size=world_size,
     )
     loader = torch.utils.data.DataLoader(
         SplitDataset(split),

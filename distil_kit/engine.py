@@ -134,7 +134,7 @@ class Trainer:
         if compiles:
             self.sync()
             t0 = time.perf_counter()
-        losses = self.step(micro)
+        loss = self.step(micro)
         self.scheduler.step()
         self.progress.step += 1
         if compiles:
@@ -142,7 +142,7 @@ class Trainer:
             self.clock.add("compile", time.perf_counter() - t0)
             self._seen_shapes |= shapes
         self.window.add(
-            self.progress.step, losses, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro), compiles
+            self.progress.step, loss, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro), compiles
         )
 
     def log(self, stop_asked: bool) -> bool:

@@ -110,8 +110,8 @@ class GraphedStep:
         finally:
             caller.wait_stream(self.stream)
 
-    def __call__(self, micro_batches) -> list[torch.Tensor]:
-        """The batch's loss (a fresh tensor); the weights are updated."""
+    def __call__(self, micro_batches) -> torch.Tensor:
+        """The step's loss (a fresh tensor); the weights are updated."""
         (batch,) = micro_batches  # graphs_fit: no gradient accumulation
         key = tuple(batch.input_ids.shape)
         if key not in self.graphs:
@@ -120,7 +120,7 @@ class GraphedStep:
         for name in INPUTS:
             captured.inputs[name].copy_(getattr(batch, name), non_blocking=True)
         captured.graph.replay()
-        return [captured.loss.clone()]
+        return captured.loss.clone()
 
     def _train_step(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with sdpa_kernel(CAPTURABLE_ATTENTION):

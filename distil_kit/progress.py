@@ -151,11 +151,11 @@ class RateWindow:
 
     def reset(self, start: float) -> None:
         self.start = start  # the clock's no-eval seconds when the window opened
-        self.losses: list[tuple[int, torch.Tensor]] = []  # (step, one micro-batch's loss)
+        self.losses: list[tuple[int, torch.Tensor]] = []  # (step, its loss)
         self.rows = self.tokens = self.compile_rows = self.compile_tokens = 0
 
-    def add(self, step: int, losses: list[torch.Tensor], rows: int, tokens: int, compiled: bool) -> None:
-        self.losses += [(step, loss) for loss in losses]
+    def add(self, step: int, loss: torch.Tensor, rows: int, tokens: int, compiled: bool) -> None:
+        self.losses.append((step, loss))
         self.rows += rows
         self.tokens += tokens
         if compiled:

@@ -41,9 +41,13 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
-    # Fused accumulation: the fast path trains each optimizer step's rows as one micro-batch (the same mean loss).
+    # Fused accumulation: on a GPU the fast path trains each optimizer step's rows as one micro-batch (one launch,
+    # or one graph replay, per step; the same mean loss). A CPU's time follows the padded tokens, and one
+    # micro-batch pads every row of the step to its longest: there the step's rows, sorted by length into
+    # micro-batches of train_batch_size (bucket_batches), train faster.
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    micro = cfg.micro_batch_size or (step_rows if cfg.fast else cfg.train_batch_size)
+    fused = cfg.fast and device.type == "cuda"
+    micro = cfg.micro_batch_size or (step_rows if fused else cfg.train_batch_size)
     accumulation = step_rows // micro
     graphs_fit = graphed_step.graphs_fit(device, world_size, accumulation, precision, cfg.num_workers)
     resolved = cfg.replace(

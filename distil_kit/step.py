@@ -1,9 +1,11 @@
 """One optimizer step behind one call: ``step(micro_batches)`` trains one optimizer step's micro-batches and
-performs exactly that update, returning each micro-batch's loss (left on the device: reading it is a host sync).
+performs exactly that update, returning the step's loss (this rank's share of the mean over the step's rows, left
+on the device: reading it is a host sync).
 
-``EagerStep`` runs forward and backward per micro-batch (the loss scaled by the group size; under DDP gradients
-are synchronised on the last micro-batch only), then the optimizer step, with the fp16 grad scaler where one is
-used. ``graphed_step.GraphedStep`` keeps the same contract with the whole step replayed as one CUDA graph.
+``EagerStep`` runs forward and backward per micro-batch (the rows' weights already make the micro-batches' losses
+sum to the step's mean; under DDP gradients are synchronised on the last micro-batch only), then the optimizer
+step, with the fp16 grad scaler where one is used. ``graphed_step.GraphedStep`` keeps the same contract with
+the whole step replayed as one CUDA graph.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def autocast(device: torch.device, precision: str, cuda_graphs: bool = False):
 
 
 def batch_loss(model, amp, input_ids, attention_mask, labels, weight) -> torch.Tensor:
-    """The batch's loss: rows weighted (each rank's share of the global batch; 0 for filler rows) and summed."""
+    """The batch's loss: rows weighted (their share of the step, see ``batching``; 0 for filler rows) and summed."""
     with amp():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     return (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
@@ -56,7 +58,7 @@ class EagerStep:
     def optimizer_loaded(self) -> None:
         """Nothing to redo after a checkpoint is loaded (see ``GraphedStep.optimizer_loaded``)."""
 
-    def __call__(self, micro_batches: list[Batch]) -> list[torch.Tensor]:
+    def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
         losses = []
         for i, batch in enumerate(micro_batches):
             tensors = {name: getattr(batch, name).to(self.device, non_blocking=True) for name in INPUTS}
@@ -64,8 +66,7 @@ class EagerStep:
             # DDP all-reduces gradients in backward: only the group's last backward needs it.
             with self.model.no_sync() if self.distributed and not last else nullcontext():
                 loss = self.loss(**tensors)
-                scaled = loss / len(micro_batches)
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -73,7 +74,7 @@ class EagerStep:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return losses
+        return torch.stack(losses).sum()
 
 
 def make_step(model, optimizer, device: torch.device, cfg, world) -> EagerStep | GraphedStep:

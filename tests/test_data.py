@@ -127,16 +127,28 @@ def test_trim_collate_cuts_to_longest_real_row(small_tsv, tokenizer):
 @pytest.mark.parametrize("bucketed", [False, True])
 def test_epoch_batches_cover_every_row_once_in_seeded_order(bucketed):
     lengths = np.random.default_rng(0).integers(2, 60, size=1000)
-    sampler = EpochBatches(lengths, 32, seed=0, bucketed=bucketed)
+    sampler = EpochBatches(lengths, 32, seed=0, accumulation=4, bucketed=bucketed)
     first = [r for b in sampler for r, _ in b]
     assert sorted(first) == list(range(1000)) and len(list(sampler)) == len(sampler) == 32
     assert first == [r for b in sampler for r, _ in b]  # same seed and epoch: same order
     sampler.set_epoch(1)
     assert first != [r for b in sampler for r, _ in b]
-    if bucketed:  # bucketing must cut padding: the mean batch width is far below the plain sampler's
-        plain = EpochBatches(lengths, 32, seed=0)
-        width = lambda s: np.mean([lengths[[r for r, _ in b]].max() for b in s])  # noqa: E731
-        assert width(sampler) < 0.8 * width(plain)
+
+
+def test_bucketing_sorts_within_steps_and_keeps_every_steps_rows():
+    """Bucketing must cut the micro-batches' padding without changing which rows train together in a step, nor
+    the rows' weights (their share of the step: the last step is short): its gradients are the random order's."""
+    lengths = np.random.default_rng(0).integers(2, 60, size=1000)
+    plain, bucketed = (EpochBatches(lengths, 32, seed=0, accumulation=8, bucketed=b) for b in (False, True))
+
+    def steps(sampler):
+        batches = list(sampler)
+        return [sorted(key for batch in batches[i : i + 8] for key in batch) for i in range(0, len(batches), 8)]
+
+    assert steps(bucketed) == steps(plain)
+    assert {w for step in steps(plain) for _, w in step} == {1 / 256, 1 / (1000 - 3 * 256)}
+    width = lambda s: np.mean([lengths[[r for r, _ in b]].max() for b in s])  # noqa: E731
+    assert width(bucketed) < 0.8 * width(plain)
 
 
 def test_hub_source_through_datasets(monkeypatch):

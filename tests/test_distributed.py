@@ -46,7 +46,7 @@ BATCH = 4  # per process; the one-process run uses 2 * BATCH
 def test_epoch_batches_cover_each_row_once_per_epoch(world_size, bucketed):
     lengths = np.random.default_rng(0).integers(3, 60, size=103)
     ranks = [
-        EpochBatches(lengths, 4, seed=7, bucketed=bucketed, rank=r, world_size=world_size, chunk_batches=3)
+        EpochBatches(lengths, 4, seed=7, accumulation=3, bucketed=bucketed, rank=r, world_size=world_size)
         for r in range(world_size)
     ]
     orders = []
@@ -58,10 +58,10 @@ def test_epoch_batches_cover_each_row_once_per_epoch(world_size, bucketed):
         assert len({len(batches) for batches in per_rank}) == 1, "every rank must run the same number of steps"
         real = [row for batches in per_rank for batch in batches for row, weight in batch if weight > 0]
         assert sorted(real) == list(range(len(lengths)))
-        # Each real row of a global batch weighs world size / its rows (DDP divides by the world size: a mean over
-        # the batch).
-        for step in zip(*per_rank, strict=True):
-            weights = [w for batch in step for _, w in batch if w > 0]
+        # Each real row of an optimizer step (3 micro-batches) weighs world size / the step's rows (DDP divides by
+        # the world size: a mean over the step).
+        for start in range(0, len(per_rank[0]), 3):
+            weights = [w for batches in per_rank for batch in batches[start : start + 3] for _, w in batch if w > 0]
             assert weights == pytest.approx([world_size / len(weights)] * len(weights))
         orders.append(real)
         ranks[0].set_epoch(epoch, skip=5)  # resuming mid-epoch yields the rest of the same epoch
