@@ -16,7 +16,14 @@ BENCHMARKS = ("benchmarks/results/bench-*.csv",)  # the analysis notebook's defa
 def _preprocess(args) -> None:
     from .preprocess import describe, preprocess
 
-    result = preprocess(args.source, args.tokenizer, args.out, padding=args.padding, max_length=args.max_length)
+    result = preprocess(
+        args.source,
+        args.tokenizer,
+        args.out,
+        padding=args.padding,
+        max_length=args.max_length,
+        overwrite=args.overwrite,
+    )
     print(describe(result.splits).round(3).to_string())
     for name, path in result.files.items():
         print(f"{name}: {path}")
@@ -114,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
         default=512,
         help="width of max_length padding; longer rows are truncated (default: %(default)s, FlagPerf's)",
     )
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset already in <out>/dataset/")
     s.set_defaults(func=_preprocess)
 
     s = sub.add_parser(
@@ -168,5 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):
+            print(f"note: {note}", file=sys.stderr)
         return 130 if type(e).__name__ == "RunInterrupted" else 2
     return 0

@@ -49,9 +49,13 @@ class RunConfig:
     device: str = _p("auto", "auto, cpu, cuda or cuda:N")
     max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
     num_workers: int = _p(0, "DataLoader worker processes")
+    collective_timeout_s: float = _p(300.0, "under torchrun: seconds a rank waits for the others before stopping")
     save_model: bool = _p(True, "save the fine-tuned model and tokenizer into <output_dir>/model")
     log_every: int = _p(10, "optimizer steps per steps.csv row (the only host sync of the loss)")
     checkpoint_every: int = _p(0, "optimizer steps between checkpoints; 0: at epoch ends only")
+    checkpoint_minutes: float = _p(
+        10.0, "also checkpoint at the first steps.csv row N minutes after the last one; 0: off"
+    )
     keep_checkpoints: bool = _p(False, "keep <output_dir>/checkpoints once the run has finished; false: remove them")
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
@@ -134,7 +138,9 @@ class RunConfig:
         )
         need(0 <= self.seed < 2**32, "seed", "a whole number >= 0 and < 2**32")
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
+        need(self.collective_timeout_s > 0, "collective_timeout_s", "a number of seconds > 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
+        need(self.checkpoint_minutes >= 0, "checkpoint_minutes", "a number >= 0")
         need(
             self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,8 +32,9 @@ class World:
         return self.size > 1
 
 
-def init_world(use_cuda: bool) -> World:
-    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); a lone process needs none."""
+def init_world(use_cuda: bool, timeout_s: float = 300.0) -> World:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); a lone process needs none. A collective
+    waits ``timeout_s`` for the other ranks, then fails (``joined_world`` says so in one line)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
@@ -39,7 +42,7 @@ def init_world(use_cuda: bool) -> World:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     return World(
         rank=dist.get_rank(),
@@ -84,16 +87,28 @@ def on_main(world: World, work) -> None:
 
 
 @contextmanager
-def joined_world(use_cuda: bool) -> Iterator[World]:
+def joined_world(use_cuda: bool, timeout_s: float = 300.0) -> Iterator[World]:
     """``init_world`` for the length of a ``with`` block, then leave the process group. On success every rank first
     waits for the others: a rank tearing its gloo connections down while another still works can abort in teardown
     ("terminate called without an active exception"). A failing rank does not wait, since the ranks
-    it would wait for may never come."""
-    world = init_world(use_cuda)
+    it would wait for may never come. A collective that the other ranks leave unanswered (one hung, or died)
+    ends the rank with a one-line KitError."""
+    world = init_world(use_cuda, timeout_s)
     try:
         yield world
         if world.distributed:
             dist.barrier()
+    except RuntimeError as e:
+        text = str(e)
+        if not (world.distributed and (isinstance(e, dist.DistError) or "gloo" in text or "NCCL" in text)):
+            raise
+        # The backend's first sentence, without its source location: "Timed out waiting 300000ms for recv
+        # operation to complete", "Read error [127.0.0.1]:35229: Connection reset by peer"
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]
+        raise KitError(
+            f"rank {world.rank}: another rank stopped answering (it hung past collective_timeout_s={timeout_s:g}, "
+            f"or died); this rank stops too ({world.backend}: {cause})"
+        ) from e
     finally:
         if world.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -11,6 +11,7 @@ seen before when compiling or capturing CUDA graphs (that step's time is compile
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import atomic, checkpoint, data, distributed, records
+from . import atomic, checkpoint, data, distributed, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import train_loader
 from .callbacks import CallbackList, default_progress
@@ -37,7 +38,7 @@ from .modeling import (
     vocab_sha256,
     weights_sha256,
 )
-from .progress import Clock, Progress, RateWindow, summary
+from .progress import Clock, Progress, RateWindow, WindowTotals, summary
 from .recipe import make_optimizer, make_scheduler, total_optimizer_steps
 from .resolve import resolve_config, resolve_device
 from .step import autocast, make_step
@@ -80,6 +81,7 @@ class Trainer:
 
         self.progress, self.clock, self.window = Progress(), Clock(started), RateWindow()
         self.checkpoints = checkpoint.BackgroundWriter()
+        self.last_checkpoint = time.perf_counter()  # checkpoint_minutes counts from here
         self.predictions: pd.DataFrame | None = None
         self.scored_final = False  # predictions hold the final weights' dev scores
         self._seen_shapes: set[tuple] = set()
@@ -115,14 +117,16 @@ class Trainer:
             self.train_step(micro)
             p.batches_done += len(micro)
             stop_asked = signals.received is not None
+            epoch_end = p.batches_done == n  # the epoch's own checkpoint follows its evaluation
             at_checkpoint = cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0
-            log_now = p.step % cfg.log_every == 0 or at_checkpoint or p.batches_done == n
-            # One process stops at once; ranks agree on a stop in the log's collective, so they stop at a log row.
+            log_now = p.step % cfg.log_every == 0 or at_checkpoint or epoch_end
+            # One process stops at once; ranks agree on a stop, and on a checkpoint the clock asks for, in the log's
+            # collective, so they stop and checkpoint at a log row.
             if log_now or (stop_asked and not self.world.distributed):
-                stop = self.log(stop_asked)
-                if at_checkpoint or stop:
+                totals = self.log(stop_asked)
+                if totals.stop or not epoch_end and (at_checkpoint or totals.checkpoint):
                     self.save_checkpoint()
-                if stop:
+                if totals.stop:
                     return False
         return True
 
@@ -145,9 +149,19 @@ class Trainer:
             self.progress.step, loss, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro), compiles
         )
 
-    def log(self, stop_asked: bool) -> bool:
-        """A steps.csv row from the window (reading its losses is the host sync); whether any rank asked to stop."""
-        totals = self.window.reduce(self.world, stop_asked)
+    def stop_agreed(self, signals: StopSignals) -> bool:
+        """Whether any rank was asked to stop (one collective under torchrun)."""
+        asked = torch.tensor([float(signals.received is not None)], device=self.device)
+        return bool(distributed.all_reduce_sum(asked, self.world).item() > 0)
+
+    def checkpoint_due(self) -> bool:
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes) and time.perf_counter() - self.last_checkpoint >= 60 * minutes
+
+    def log(self, stop_asked: bool) -> WindowTotals:
+        """A steps.csv row from the window (reading its losses is the host sync); the window's totals say whether
+        any rank asked to stop or for a timed checkpoint."""
+        totals = self.window.reduce(self.world, stop_asked, self.checkpoint_due())
         bad = torch.nonzero(~torch.isfinite(totals.losses)).flatten()
         if bad.numel():
             self.save_records()
@@ -161,7 +175,7 @@ class Trainer:
         )
         self.window.reset(now)
         self.callbacks.fire("on_log", self, row)
-        return totals.stop
+        return totals
 
     def score(self) -> Evaluation:
         """The current weights on the dev split, in the run's precision and padding."""
@@ -228,7 +242,7 @@ class Trainer:
         self.clock = Clock(self.clock.started, state["timers"])
 
     def save_checkpoint(self) -> None:
-        t0 = time.perf_counter()
+        t0 = self.last_checkpoint = time.perf_counter()
         rng = distributed.gather_objects(checkpoint.rng_state(), self.world)
 
         def write():  # records first: a checkpoint on disk always has its records beside it
@@ -264,32 +278,42 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train(trainer: Trainer, resumed: bool) -> None:
-    """The run: an evaluation first (FlagPerf's), then epochs until ``epochs`` or the target accuracy."""
+def train(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:
+    """The run: an evaluation first (FlagPerf's), then epochs until ``epochs`` or the target accuracy. A stop asked
+    for at any point (``signals``) ends it at the next place a checkpoint can be written, with that checkpoint."""
     cfg, p = trainer.cfg, trainer.progress
     trainer.callbacks.fire("on_run_start", trainer)
     if not resumed:
         trainer.evaluate()
+        if trainer.stop_agreed(signals):  # asked while loading or during the first evaluation
+            _stop(trainer, signals, checkpoint=True)
     trainer.model.train()  # from_pretrained gives eval mode; a resumed run has had no evaluation to switch it back
-    with StopSignals() as signals:
-        trainer.clock.start_training()
-        while p.epoch < cfg.epochs and not p.converged:
-            if not trainer.train_epoch(signals):
-                trainer.wait_for_checkpoint()  # inside the signal handlers: a SIGTERM cannot cut the write short
-                trainer.callbacks.fire("on_stop", trainer, signals.received)
-                raise RunInterrupted(
-                    f"{signals.received} received: stopped after step {p.step} and saved a checkpoint in "
-                    f"{trainer.out / 'checkpoints'}; continue with resume: true and output_dir {trainer.out} (CLI: "
-                    f"python -m distil_kit finetune --resume --set output_dir={trainer.out})"
-                )
-            p.epoch += 1
-            p.batches_done = 0
-            trainer.evaluate()
-            trainer.save_checkpoint()
-        trainer.clock.stop_training()
-        trainer.wait_for_checkpoint()
+    trainer.clock.start_training()
+    while p.epoch < cfg.epochs and not p.converged:
+        if not trainer.train_epoch(signals):
+            _stop(trainer, signals, checkpoint=False)  # train_epoch has written it
+        p.epoch += 1
+        p.batches_done = 0
+        trainer.evaluate()
+        trainer.save_checkpoint()
+        if p.epoch < cfg.epochs and not p.converged and trainer.stop_agreed(signals):  # asked during the evaluation
+            _stop(trainer, signals, checkpoint=False)
+    trainer.clock.stop_training()
+    trainer.wait_for_checkpoint()
     if not trainer.scored_final:  # resumed after the last epoch's checkpoint: score the final weights again
         trainer.predictions = trainer.score().predictions
+
+
+def _stop(trainer: Trainer, signals: StopSignals, checkpoint: bool) -> None:
+    if checkpoint:
+        trainer.save_checkpoint()
+    trainer.wait_for_checkpoint()  # inside the signal handlers: a SIGTERM cannot cut the write short
+    trainer.callbacks.fire("on_stop", trainer, signals.received)
+    raise RunInterrupted(
+        f"{signals.received or 'a stop'} received: stopped after step {trainer.progress.step} and saved a "
+        f"checkpoint in {trainer.out / 'checkpoints'}; continue with resume: true and output_dir {trainer.out} "
+        f"(CLI: python -m distil_kit finetune --resume --set output_dir={trainer.out})"
+    )
 
 
 def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) -> records.Run:
@@ -302,21 +326,31 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config or {}))
     if overrides:
         cfg = cfg.replace(**overrides)
+    cfg = _after_elastic_restart(cfg)
+    if cfg.resume:  # the saved run's parameters (a refusal if others are asked for)
+        cfg = resuming.resumed_config(cfg)
     data.source_kind(cfg.data_dir)  # a missing data folder fails here, before anything else
-    with distributed.joined_world(use_cuda=cfg.device != "cpu" and torch.cuda.is_available()) as world:
+    # SIGINT/SIGTERM from here on only ask for a stop: the run ends at its next checkpoint, never mid-write.
+    with (
+        StopSignals() as signals,
+        distributed.joined_world(
+            cfg.device != "cpu" and torch.cuda.is_available(), cfg.collective_timeout_s
+        ) as world,
+    ):
         if not world.main:
             _quiet_libraries()
         device = resolve_device(cfg.device, world)
-        if cfg.resume:
-            cfg = _resumed_config(cfg)
         cfg = resolve_config(cfg, device, world.size)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
-        # A taken folder, a resume without a readable checkpoint or with another world size: refused before loading.
-        records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
+        records.check_folder_path(out, "output_dir")
         with records.lock_run(out) if world.main else nullcontext():  # one process per run folder
-            if world.main:
-                atomic.remove_leftovers(out)  # what killed writes left behind
+            distributed.on_main(world, lambda: _tidy(out))
+            # A taken folder, a resume without a readable checkpoint or with another world size: refused before
+            # loading.
+            records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
+            if cfg.resume:
+                distributed.on_main(world, lambda: resuming.check_data_unchanged(out, cfg.data_dir))
             trainer = Trainer(cfg, world, device, started, [default_progress(), *callbacks])  # loads, checks inputs
             if cfg.resume:
                 state, path = checkpoint.load_latest(out / "checkpoints")
@@ -325,24 +359,29 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
                     print(f"resuming from {path} (epoch {trainer.progress.epoch + 1}, step {trainer.progress.step})")
             # Only now, with every input checked, is the folder (an old run in it, with overwrite) touched.
             distributed.on_main(world, lambda: _start_run_folder(trainer))
-            _run(trainer, resumed=cfg.resume)
+            _run(trainer, signals, resumed=cfg.resume)
     return records.Run(Path(cfg.output_dir))
 
 
-def _run(trainer: Trainer, resumed: bool) -> None:
+def _run(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:
     """``train``, then the final files; the run's own error is the one reported, a failed write noted on it."""
     try:
         with trainer.step.running():
-            train(trainer, resumed)
+            train(trainer, signals, resumed)
     except BaseException as error:
         try:
             trainer.checkpoints.wait()
         except KitError as write_error:
             error.add_note(str(write_error))
+        if trainer.world.main and records.settle_replaced(trainer.out) == "restored":
+            error.add_note(f"the run it was to overwrite is back in {trainer.out}")
         raise
     result = trainer.summary()
     if trainer.world.main:
         _save_final(trainer, result)
+        records.settle_replaced(trainer.out)
+        if signals.received:  # asked for while the final files were written: the run finished first
+            print(f"{signals.received} received while saving the finished run: its files are complete")
     trainer.callbacks.fire("on_run_end", trainer, result)
 
 
@@ -361,11 +400,33 @@ def _save_final(trainer: Trainer, result: dict) -> None:
         shutil.rmtree(trainer.out / "checkpoints", ignore_errors=True)
 
 
+def _after_elastic_restart(cfg: RunConfig) -> RunConfig:
+    """Under ``torchrun --max-restarts``, a restarted attempt continues the run the failed attempt left in
+    ``output_dir``: from its last checkpoint, or from the start when it died before its first one."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    if attempt == 0 or cfg.resume or out is None or records.run_state(out) != "unfinished":
+        return cfg
+    has_checkpoint = bool(checkpoint.checkpoints(out / "checkpoints"))
+    if os.environ.get("RANK", "0") == "0":
+        how = "resuming it from its last checkpoint" if has_checkpoint else "it had no checkpoint: starting it again"
+        print(f"torchrun restart {attempt}: {out} holds the failed attempt's run; {how}")
+    return cfg.replace(resume=True, overwrite=False) if has_checkpoint else cfg.replace(overwrite=True)
+
+
+def _tidy(out: Path) -> None:
+    """What earlier processes left: the run an interrupted overwrite set aside (restored or dropped), and the
+    temporary files of killed writes."""
+    if records.settle_replaced(out) == "restored":
+        print(f"{out}: the overwrite that stopped before its first checkpoint left the earlier run; it is back")
+    atomic.remove_leftovers(out)
+
+
 def _start_run_folder(trainer: Trainer) -> None:
     cfg, out = trainer.cfg, trainer.out
     records.prepare_output_dir(out, cfg.resume, cfg.overwrite)
+    write_json_atomic(out / "config.json", cfg.to_dict())  # on a resume: with its safe changes (resuming)
     if not cfg.resume:
-        write_json_atomic(out / "config.json", cfg.to_dict())
         write_json_atomic(out / "manifest.json", _manifest(trainer))
 
 
@@ -394,16 +455,3 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-def _resumed_config(cfg: RunConfig) -> RunConfig:
-    """The interrupted run's own config: a resumed run continues exactly what was started."""
-    saved = Path(cfg.output_dir or ".") / "config.json"
-    if not cfg.output_dir or not saved.is_file():
-        raise KitError(
-            f"resume: output_dir {cfg.output_dir or '(empty)'} holds no run to resume; name the "
-            f"interrupted run's folder"
-        )
-    # output_dir as given: the folder may have been moved or copied since config.json was written
-    values = {**records.Run(saved.parent).config, "resume": True, "overwrite": False, "output_dir": cfg.output_dir}
-    return RunConfig.from_dict(values, source=str(saved))

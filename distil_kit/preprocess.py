@@ -57,16 +57,24 @@ def _check_writable(out_dir: Path) -> None:
         raise KitError(f"output folder {out_dir} cannot be written: {e.strerror or e}") from e
 
 
-def preprocess(source, tokenizer: str, out_dir, padding: str = "longest", max_length: int = 512) -> Preprocessed:
+def preprocess(
+    source, tokenizer: str, out_dir, padding: str = "longest", max_length: int = 512, overwrite: bool = False
+) -> Preprocessed:
     """Read SST-2 from ``source``, tokenize it and write ``<out_dir>/dataset/{train,eval}_dataset.npz``.
 
     Every input is checked before tokenizing; files are written to temporary names and renamed, so an error
-    leaves no partial output behind.
+    leaves no partial output behind. A dataset already in the folder is only replaced with ``overwrite``.
     """
     check_padding(padding, max_length)
     kind = data.check_source(source)  # a hub source offline fails here, before the tokenizer is loaded
-    tok = load_tokenizer(tokenizer)
     folder = Path(out_dir) / "dataset"
+    existing = [name for name in (*data.NPZ_FILES.values(), METADATA_FILE) if (folder / name).exists()]
+    if existing and not overwrite:
+        raise KitError(
+            f"preprocess: {folder} already holds a dataset ({', '.join(existing)}); pass overwrite (CLI: "
+            f"--overwrite) to replace it, or choose another output folder"
+        )
+    tok = load_tokenizer(tokenizer)
     _check_writable(folder)
     raw = data.load_sst2(source, vocab_size=len(tok))
     splits = {name: tokenize(split, tok, padding, max_length) for name, split in raw.items()}

@@ -133,7 +133,8 @@ class Clock:
 
 @dataclass(frozen=True)
 class WindowTotals:
-    """A window's losses and counts summed over ranks; ``stop``: some rank asked to stop."""
+    """A window's losses and counts summed over ranks; ``stop``: some rank asked to stop; ``checkpoint``: some
+    rank's checkpoint clock ran out."""
 
     losses: torch.Tensor
     rows: int
@@ -141,6 +142,7 @@ class WindowTotals:
     compile_rows: int
     compile_tokens: int
     stop: bool
+    checkpoint: bool = False
 
 
 class RateWindow:
@@ -165,18 +167,15 @@ class RateWindow:
     def __bool__(self) -> bool:
         return bool(self.losses)
 
-    def reduce(self, world: distributed.World, stop_requested: bool) -> WindowTotals:
-        """Sum over ranks in one collective, the stop request with it; the host sync of the losses."""
+    def reduce(self, world: distributed.World, stop_requested: bool, checkpoint_due: bool = False) -> WindowTotals:
+        """Sum over ranks in one collective, the stop and checkpoint requests with it (every rank then decides
+        alike); the host sync of the losses."""
         losses = torch.stack([loss for _, loss in self.losses]).float()
-        extra = torch.tensor(
-            [self.rows, self.tokens, self.compile_rows, self.compile_tokens, float(stop_requested)],
-            device=losses.device,
-        )
+        counts = [self.rows, self.tokens, self.compile_rows, self.compile_tokens]
+        extra = torch.tensor([*counts, float(stop_requested), float(checkpoint_due)], device=losses.device)
         packed = distributed.all_reduce_sum(torch.cat([losses, extra]), world).cpu()
-        rows, tokens, compile_rows, compile_tokens = (int(v) for v in packed[-5:-1])
-        return WindowTotals(
-            packed[:-5] / world.size, rows, tokens, compile_rows, compile_tokens, bool(packed[-1] > 0)
-        )
+        rows, tokens, compile_rows, compile_tokens, stop, due = (int(v) for v in packed[-6:])
+        return WindowTotals(packed[:-6] / world.size, rows, tokens, compile_rows, compile_tokens, stop > 0, due > 0)
 
     def step_of(self, index: int) -> int:
         return self.losses[index][0]

@@ -28,6 +28,8 @@ STEP_COLUMNS = ["step", "epoch", "loss", "lr", "samples_per_s", "tokens_per_s", 
 EVAL_COLUMNS = ["epoch", "step", "accuracy", "correct", "total", "acc_low", "acc_high", "eval_s", "train_s"]
 PREDICTION_COLUMNS = ["idx", "sentence", "label", "pred", "prob_pos"]
 LOCK_FILE = ".lock"
+REPLACED = ".replaced"  # the run an overwrite replaces, kept until the new run has a checkpoint (settle_replaced)
+NOT_CONTENT = (LOCK_FILE, REPLACED)
 RUN_FILES = ("config.json", "steps.csv", "evals.csv", "summary.json", "manifest.json", "predictions.csv")
 CSV_COLUMNS = {"steps.csv": STEP_COLUMNS, "evals.csv": EVAL_COLUMNS, "predictions.csv": PREDICTION_COLUMNS}
 THROUGHPUTS = ("throughput(ips)_raw", "throughput(ips)_no_eval", "throughput(ips)_pure_compute")
@@ -59,7 +61,7 @@ def default_output_dir() -> str:
 
 def run_state(folder: Path) -> str:
     """'empty' (absent or no files), 'finished', 'unfinished' (a run without summary.json) or 'other'."""
-    if not folder.exists() or all(p.name == LOCK_FILE for p in folder.iterdir()):  # the lock is no content
+    if not folder.exists() or all(p.name in NOT_CONTENT for p in folder.iterdir()):
         return "empty"
     if (folder / "summary.json").exists():
         return "finished"
@@ -86,6 +88,15 @@ def check_folder_path(folder: Path, parameter: str) -> None:
         raise KitError(f"{parameter} {folder} cannot be written{where}: {e.strerror or e}") from e
 
 
+def check_unfinished(folder: Path, state: str | None = None) -> None:
+    """A resume needs an unfinished run."""
+    state = state or run_state(folder)
+    if state != "unfinished":
+        raise KitError(
+            f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run with checkpoints)"
+        )
+
+
 def check_output_dir(folder: Path, resume: bool, overwrite: bool, world_size: int | None = None) -> str:
     """Refuse to mix runs, touching nothing: a finished or unfinished run is only replaced with ``overwrite`` (or
     continued with ``resume``), and a folder that holds something else is never used. A resume needs a readable
@@ -94,11 +105,7 @@ def check_output_dir(folder: Path, resume: bool, overwrite: bool, world_size: in
     check_folder_path(folder, "output_dir")
     state = run_state(folder)
     if resume:
-        if state != "unfinished":
-            raise KitError(
-                f"output_dir {folder}: nothing to resume (it is {state}: resume needs an unfinished run "
-                f"with checkpoints)"
-            )
+        check_unfinished(folder, state)
         from .checkpoint import check_readable  # imported here: it imports torch
 
         check_readable(folder / "checkpoints")
@@ -164,20 +171,43 @@ def lock_run(folder):
 
 
 def prepare_output_dir(folder: Path, resume: bool, overwrite: bool) -> None:
-    """``check_output_dir``, then clear an old run being overwritten and create the folder."""
+    """``check_output_dir``, then set an old run being overwritten aside (``settle_replaced`` drops or restores
+    it) and create the folder."""
     state = check_output_dir(folder, resume, overwrite)
     if resume:
         return
-    if state in ("finished", "unfinished"):  # the old run goes; the lock file stays (a holder may be locking it)
+    if state in ("finished", "unfinished"):
+        aside = folder / REPLACED
+        aside.mkdir()
         for path in folder.iterdir():
-            if path.name != LOCK_FILE:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.name not in NOT_CONTENT:  # the lock file stays: a holder may be locking it
+                os.replace(path, aside / path.name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KitError(f"output_dir {folder} cannot be created: {e.strerror or e}") from e
     if not os.access(folder, os.W_OK):
         raise KitError(f"output_dir {folder} cannot be written")
+
+
+def settle_replaced(folder: Path) -> str | None:
+    """The run an overwrite set aside: dropped once the new run has a checkpoint or has finished, put back in
+    place of the new run's files when it has neither (it failed, or was killed, before its first checkpoint).
+    Call with the folder locked, at a run's start and end. Returns "dropped", "restored" or None (nothing aside)."""
+    folder = Path(folder)
+    aside = folder / REPLACED
+    if not aside.is_dir():
+        return None
+    if (folder / "summary.json").is_file() or any((folder / "checkpoints").glob("step-*.pt")):
+        shutil.rmtree(aside)
+        return "dropped"
+    for path in folder.iterdir():
+        if path.name not in NOT_CONTENT:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    for path in aside.iterdir():
+        os.replace(path, folder / path.name)
+    aside.rmdir()
+    return "restored"
 
 
 def write_records(folder: Path, steps: list[dict], evals: list[dict]) -> None:
