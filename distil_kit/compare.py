@@ -73,3 +73,20 @@ def paired_over_seeds(runs_a: list[Run], runs_b: list[Run]) -> SeedComparison:
 def no_loss_beyond(interval: stats.Interval, margin: float = MARGIN_POINTS) -> bool:
     """B passes against A when the 95% interval of B - A (points) lies above -``margin``."""
     return interval.low > -margin
+
+
+def in_words(runs_a: list[Run], runs_b: list[Run], a: str = "A", b: str = "B") -> list[str]:
+    """The comparison of B's runs against A's in plain words, a line each: the paired difference of each pair
+    (one run a side, or one per seed), then, over several seeds, the mean difference's interval and the rule's
+    verdict (``no_loss_beyond``)."""
+    if len(runs_a) == 1 and len(runs_b) == 1:
+        result = paired(runs_a[0], runs_b[0])
+        rule = "PASS" if no_loss_beyond(result.interval) else "FAIL"
+        return [
+            f"{result.verdict(a, b)}; {rule} (a loss of more than {MARGIN_POINTS:g} point(s) "
+            f"{'excluded' if rule == 'PASS' else 'not excluded'})"
+        ]
+    over = paired_over_seeds(runs_a, runs_b)
+    by_seed_a, by_seed_b = ({r.config["seed"]: r for r in runs} for runs in (runs_a, runs_b))
+    lines = [f"seed {s}: {paired(by_seed_a[s], by_seed_b[s]).verdict(a, b)}" for s in over.seeds]
+    return [*lines, over.verdict(a, b)]

@@ -21,7 +21,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(params_file: Path, nproc_per_node: int) -> list[str]:
+def torchrun_command(params_file: Path, nproc_per_node: int, seeds: list[int] | None = None) -> list[str]:
+    sweep = ["--seeds", ",".join(str(s) for s in seeds)] if seeds else []
     return [
         sys.executable,
         "-m",
@@ -37,11 +38,13 @@ def torchrun_command(params_file: Path, nproc_per_node: int) -> list[str]:
         "finetune",
         "--params",
         str(params_file),
+        *sweep,
     ]
 
 
-def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
-    """``finetune(config)`` under torchrun with ``nproc_per_node`` processes on this machine."""
+def finetune_torchrun(config: RunConfig, nproc_per_node: int, seeds: list[int] | None = None) -> Run | list[Run]:
+    """``finetune(config)`` under torchrun with ``nproc_per_node`` processes on this machine; with ``seeds``, the
+    seed sweep (``sweep.run_sweep``), each seed a DDP run, and its runs."""
     if nproc_per_node < 1:
         raise KitError(f"nproc_per_node={nproc_per_node}: expected a whole number >= 1")
     # Ranks must agree on the folder: fix the default here rather than let each rank take its own timestamp.
@@ -50,7 +53,7 @@ def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
         yaml.safe_dump(config.to_dict(), f)
     try:
         proc = subprocess.Popen(
-            torchrun_command(Path(f.name), nproc_per_node),
+            torchrun_command(Path(f.name), nproc_per_node, seeds),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -63,4 +66,8 @@ def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
         Path(f.name).unlink(missing_ok=True)
     if code != 0:
         raise KitError(f"torchrun with {nproc_per_node} processes exited with code {code}; its output is above")
+    if seeds:
+        from .sweep import seed_folder
+
+        return [Run(seed_folder(config.output_dir, seed)) for seed in seeds]
     return Run(Path(config.output_dir))

@@ -477,12 +477,37 @@ def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
         _session.reset(token)
 
 
-def stop_message(stop: Stop) -> str:
+def sweep(config, seeds: list[int], nproc_per_node: int = 1, plot: bool = True, callbacks=()):
+    """``sweep.run_sweep(config, seeds)`` for a notebook: each seed's run under its own live display (torchrun
+    when ``nproc_per_node`` > 1), then the sweep record beside them; returns the seeds' ``records.Run``s. An
+    interrupt stops the seed under way as ``finetune`` does; running the notebook again continues the sweep."""
+    from . import engine, launch, records
+    from .sweep import run_sweep, seed_folder
+
+    if nproc_per_node != 1:
+        return launch.finetune_torchrun(config, nproc_per_node, seeds)
+    session, probe = _Session(plot=plot), _StopProbe()
+    token = _session.set(session)
+    try:
+        with quiet_libraries():
+            run_sweep(config, seeds, callbacks=[probe, *callbacks])
+    except engine.RunInterrupted:
+        print(stop_message(probe.stop, sweep=True))
+    finally:
+        _session.reset(token)
+    return [records.Run(seed_folder(config.output_dir, seed)) for seed in seeds]
+
+
+def stop_message(stop: Stop, sweep: bool = False) -> str:
     """What to do after a stop, in the notebook's terms (the engine's own message speaks YAML and the CLI)."""
     folder = json.dumps(str(stop.folder))
+    again = (
+        "run the notebook again with the same seeds and output_dir: finished seeds are kept, this one resumes"
+        if sweep
+        else f"set resume = True and output_dir = {folder} in the parameters cell, then run the notebook again"
+    )
     return (
         f"Stopped ({stop.reason}) after step {stop.step} of {stop.total_steps}; checkpoint saved in "
         f"{stop.folder / 'checkpoints'}.\n"
-        f"To continue: set resume = True and output_dir = {folder} in the parameters cell, then run the notebook "
-        f"again. Below, `run` is this partial run (its curves so far; no summary until it finishes)."
+        f"To continue: {again}. Below, `run` is this partial run (its curves so far; no summary until it finishes)."
     )

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +92,12 @@ def _torchrun(nproc: int, mode: str, out: Path, config: dict) -> dict[int, str]:
     return per_rank
 
 
-def _launch(nproc: int, out: Path, target: list[str]) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
-    logs = out / "logs"
-    cmd = [
+def _torchrun_command(logs: Path, nproc: int, rendezvous: list[str], target: list[str]) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *rendezvous,
         "--nproc_per_node",
         str(nproc),
         "--log-dir",
@@ -103,12 +106,25 @@ def _launch(nproc: int, out: Path, target: list[str]) -> tuple[subprocess.Comple
         "3",
         *target,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    per_rank = {}
-    for rank in range(nproc):
-        found = list(logs.glob(f"*/attempt_0/{rank}"))
-        per_rank[rank] = "".join(p.read_text() for f in found for p in sorted(f.glob("*.log")))
-    return proc, per_rank
+
+
+def _rank_logs(logs: Path, ranks) -> dict[int, str]:
+    """Each rank's stdout + stderr, every attempt (torchrun restarts) in order."""
+    return {
+        rank: "".join(
+            p.read_text() for f in sorted(logs.glob(f"*/attempt_*/{rank}")) for p in sorted(f.glob("*.log"))
+        )
+        for rank in ranks
+    }
+
+
+def _launch(
+    nproc: int, out: Path, target: list[str], options: tuple[str, ...] = (), env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, dict[int, str]]:
+    logs = out / "logs"
+    cmd = _torchrun_command(logs, nproc, ["--standalone", *options], target)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    return proc, _rank_logs(logs, range(nproc))
 
 
 def _train_config(model: Path, data: Path, out: Path, batch: int) -> dict:
@@ -252,6 +268,69 @@ def test_an_unusable_output_dir_stops_every_rank_with_its_message(tiny_model, ss
     assert cause in output[1]
 
 
+def _assert_same_as(run: Run, reference: Run) -> None:
+    from safetensors.torch import load_file
+
+    assert run.finished
+    assert run.steps[["step", "loss", "lr"]].equals(reference.steps[["step", "loss", "lr"]])
+    assert run.evals["accuracy"].equals(reference.evals["accuracy"])
+    ours, theirs = (load_file(r.folder / "model" / "model.safetensors") for r in (run, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_an_elastic_restart_resumes_and_finishes_identical(ddp_run, tmp_path):
+    """``torchrun --max-restarts 1``: rank 1 killed at step 10 (after the step-7 checkpoint); torchrun restarts
+    both ranks, which continue the run from its checkpoint to the uninterrupted run's records and weights."""
+    config = {**ddp_run["config"], "output_dir": str(tmp_path / "run")}
+    target = [__file__, "train", str(tmp_path), json.dumps(config)]
+    proc, output = _launch(2, tmp_path, target, ("--max-restarts", "1"), env={"FAULT": "SIGKILL@10"})
+    assert proc.returncode == 0, proc.stderr[-3000:] + output[0][-3000:]
+    assert "torchrun restart 1: " in output[0] and "resuming it from its last checkpoint" in output[0]
+    _assert_same_as(Run(tmp_path / "run"), ddp_run["run"])
+
+
+def test_a_frozen_rank_stops_the_others_within_the_collective_timeout(ddp_run, tmp_path):
+    """Rank 1 frozen (SIGSTOP) at step 3: rank 0 waits collective_timeout_s (5 s here; gloo's own default is 30
+    minutes), then stops with one line naming the cause."""
+    config = {**ddp_run["config"], "output_dir": str(tmp_path / "run"), "collective_timeout_s": 5}
+    started = time.monotonic()
+    proc, output = _launch(
+        2, tmp_path, [__file__, "train", str(tmp_path), json.dumps(config)], env={"FAULT": "SIGSTOP@3"}
+    )
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    errors = re.findall(r"error: [^\r\n]*", output[0])  # tqdm's bars end in \r and cursor moves, not \n
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: rank 0: another rank stopped answering \(it hung past collective_timeout_s=5, or died\); this rank "
+        r"stops too \(gloo: Timed out waiting 5000ms for (send|recv) operation to complete\)",
+        errors[0],
+    ), output[0][-3000:]
+    # start-up, 3 steps, the 5 s wait, then torchrun's own grace period before it kills the frozen rank (30 s)
+    assert took < 120
+
+
+def test_two_torchrun_nodes_on_loopback_train_as_two_ranks_on_one(ddp_run, tmp_path):
+    """``--nnodes 2``: node ranks 0 and 1, one process each, rendezvous on 127.0.0.1: the same run as two
+    processes on one node (gloo: the same arithmetic), recorded as two nodes."""
+    with socket.socket() as s:  # a free port for the rendezvous (released just before torchrun binds it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {**ddp_run["config"], "output_dir": str(tmp_path / "run")}
+    target = [__file__, "train", str(tmp_path), json.dumps(config)]
+    nodes = []
+    for node in range(2):
+        rendezvous = ["--nnodes", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port"]
+        cmd = _torchrun_command(tmp_path / f"logs{node}", 1, [*rendezvous, str(port)], target)
+        # torchrun sets one thread per process only above one process a node: float sums depend on it
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    run = Run(tmp_path / "run")
+    assert (run.manifest["world_size"], run.manifest["nodes"]) == (2, 2)
+    _assert_same_as(run, ddp_run["run"])
+
+
 @pytest.mark.parametrize("nproc", [2, 3])  # 872 dev rows: not a multiple of 3
 def test_distributed_evaluation_equals_one_process(nproc, varied_model, sst2_dir, tmp_path):
     config = dict(
@@ -334,10 +413,28 @@ def _harness_train(out: Path, config: dict) -> None:
         def on_run_end(self, trainer, summary):
             torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
 
-    engine.finetune(config, callbacks=[SaveWeights()])
+    engine.finetune(config, callbacks=[SaveWeights(), Fault()])
     (out / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "writes": writes, "no_sync": no_sync[0]}))
+
+
+class Fault(Callback):
+    """``FAULT=SIGNAL@STEP`` (e.g. ``SIGKILL@10``): rank 1 sends itself the signal once step STEP is logged, in
+    torchrun's first attempt only (a restarted attempt runs clean)."""
+
+    def __init__(self):
+        fault = os.environ.get("FAULT")
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        self.fault = fault.split("@") if fault and first_attempt and os.environ["RANK"] == "1" else None
+
+    def on_log(self, trainer, row):
+        if self.fault and row["step"] == int(self.fault[1]):
+            os.kill(os.getpid(), getattr(signal, self.fault[0]))
 
 
 if __name__ == "__main__":
     mode, out_dir, config_json = sys.argv[1:]
-    {"train": _harness_train, "eval": _harness_eval}[mode](Path(out_dir), json.loads(config_json))
+    try:
+        {"train": _harness_train, "eval": _harness_eval}[mode](Path(out_dir), json.loads(config_json))
+    except KitError as e:  # as the CLI reports it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
