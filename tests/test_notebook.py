@@ -6,6 +6,7 @@ The browser's view of the same is tests/test_browser.py.
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -255,3 +256,32 @@ def test_notebooks_from_the_notebooks_folder_show_progress_and_resolve_paths(
     assert str(Path("runs") / "nb") in comparison
     printed = "".join(o.get("text", "") for c in analysis.cells for o in c.get("outputs", []))
     assert f"no benchmark CSV matches ['benchmarks/results/bench-*.csv'] under {kit}" in printed
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_from_the_notebook_then_its_paired_comparison(kernel_env, tmp_path, tiny_model, sst2_dir):
+    """finetune with seeds: one run per seed and the sweep record, shown in the notebook; analysis with paired:
+    the comparison of two seeds' runs in words."""
+    kit = tmp_path / "kit"
+    shutil.copytree(ROOT / "notebooks", kit / "notebooks")
+    parameters = {"model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": "runs/sweep", "epochs": 1}
+    parameters |= {"max_train_samples": 64, "target_acc": 0.5, "save_model": False, "seeds": [0, 1]}
+    nb = _papermill(
+        kit / "notebooks" / "finetune.ipynb", tmp_path / "sweep-out.ipynb", kit / "notebooks", **parameters
+    )
+    sweep = json.loads((kit / "runs" / "sweep" / "sweep.json").read_text())
+    assert sweep["seeds"] == [0, 1] and sweep["target_correct"] == 436
+    shown = [o for c in nb.cells if c.cell_type == "code" and "sweep.json" in c.source for o in c.outputs]
+    assert [o.output_type for o in shown] == ["display_data", "display_data"]  # the seeds figure, the record
+    assert "pass_rate" in shown[1].data["text/plain"]
+
+    analysis = _papermill(
+        kit / "notebooks" / "analysis.ipynb",
+        tmp_path / "analysis-out.ipynb",
+        kit / "notebooks",
+        runs="runs/sweep/seed-*",
+        out_dir="analysis_out",
+        paired=["runs/sweep/seed-0", "runs/sweep/seed-1"],
+    )
+    printed = "".join(o.get("text", "") for c in analysis.cells for o in c.get("outputs", []))
+    assert re.search(r"runs/sweep/seed-1 vs runs/sweep/seed-0: [+-]?\d+\.\d\d points, 95% interval \[", printed)
