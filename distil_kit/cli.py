@@ -30,13 +30,14 @@ def _preprocess(args) -> None:
 
 
 def _finetune(args) -> None:
-    from .config import load_config
+    from .config import load_sweep_config
     from .engine import finetune
 
-    if args.seeds:
-        return _sweep(load_config(args.params, args.set), args.seeds)
     overrides = {"resume": True} if args.resume else {}
-    run = finetune(load_config(args.params, args.set, **overrides))
+    config, seeds = load_sweep_config(args.params, args.set, **overrides)
+    if args.seeds or seeds:  # --seeds wins over the file's seeds
+        return _sweep(config, args.seeds or seeds)
+    run = finetune(config)
     if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         s = run.summary
         print(

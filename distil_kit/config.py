@@ -242,11 +242,25 @@ def parse_sets(items: list[str]) -> dict:
 
 def load_config(params_file=None, sets: list[str] | None = None, **overrides) -> RunConfig:
     """A config from an optional YAML file, then ``--set`` strings, then keyword overrides (last wins)."""
+    return load_sweep_config(params_file, sets, **overrides)[0]
+
+
+def load_sweep_config(params_file=None, sets: list[str] | None = None, **overrides) -> tuple[RunConfig, list | None]:
+    """``load_config``, and the sweep's ``seeds`` where the file or a ``--set`` names them (``seeds: [0, 1, 2]``,
+    a list of distinct whole numbers; a sweep's parameter, not one run's), else None."""
     values = read_yaml(params_file) if params_file else {}
     source = str(params_file) if params_file else "parameters"
     values.update(parse_sets(sets or []))
     values.update(overrides)
-    return RunConfig.from_dict(values, source=source)
+    seeds = values.pop("seeds", None)
+    if seeds is not None and not (
+        isinstance(seeds, list)
+        and seeds
+        and all(type(s) is int and s >= 0 for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
+        raise KitError(f"{source}: parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
+    return RunConfig.from_dict(values, source=source), seeds
 
 
 # Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.

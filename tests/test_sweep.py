@@ -6,16 +6,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from distil_kit import Callback, RunConfig, checkpoint, sweep
 from distil_kit.engine import RunInterrupted
+from distil_kit.errors import KitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 SEEDS = [0, 1, 2]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,22 @@ def test_a_killed_cli_sweep_continues_to_the_same_record(config, whole, tmp_path
         k: v for k, v in uninterrupted.items() if k not in timing
     }  # as if never killed
     assert f"sweep record: {out / 'sweep.json'}" in done.stdout
+
+
+def test_seeds_from_a_params_file_or_a_set(tmp_path):
+    from distil_kit.config import load_sweep_config
+
+    config, seeds = load_sweep_config(ROOT / "params" / "fast_sweep.yaml")
+    assert seeds == [0, 1, 2, 3, 4] and config.fast and config.epochs == 1
+    assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml", ["seeds=[7, 8]"])[1] == [7, 8]
+    assert load_sweep_config(ROOT / "params" / "fast.yaml")[1] is None
+    for bad in ("[1, 1]", "[]", "3", "[-1]", "[0.5]"):
+        with pytest.raises(KitError, match=r"parameter 'seeds'=.*: expected a list of distinct whole numbers >= 0"):
+            load_sweep_config(None, [f"seeds={bad}"])
+
+
+def test_every_params_file_loads():
+    from distil_kit.config import load_sweep_config
+
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        load_sweep_config(path)
