@@ -42,7 +42,11 @@ def init_world(use_cuda: bool, timeout_s: float = 300.0) -> World:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        rank = int(os.environ["RANK"])
+        store = _attempt_store(rank, size, timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)
+        )
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     return World(
         rank=dist.get_rank(),
@@ -51,6 +55,22 @@ def init_world(use_cuda: bool, timeout_s: float = 300.0) -> World:
         nodes=max(1, size // local_size),
         backend=backend,
     )
+
+
+def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
+    """torchrun's rendezvous store with this attempt's own keys. Under ``--max-restarts`` the elastic agent's store
+    outlives a failed attempt, and a restarted rank that read the failed attempt's addresses would connect to a
+    dead process; the prefix keeps each attempt's keys apart. The agent hosts the store where torchrun says so,
+    else rank 0 does (as ``init_process_group``'s own env:// store)."""
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        size,
+        is_master=not agent_hosts and rank == 0,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"distil_kit/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

@@ -386,16 +386,24 @@ def _run(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:
 
 
 def _save_final(trainer: Trainer, result: dict) -> None:
-    trainer.save_records()
-    records.write_predictions(trainer.out, trainer.predictions)
-    if trainer.cfg.save_model:
+    """The finished run's files; a failed write (a full disk) leaves the run unfinished with its last checkpoint,
+    which a resume scores and saves again."""
+    try:
+        trainer.save_records()
+        records.write_predictions(trainer.out, trainer.predictions)
+        if trainer.cfg.save_model:
 
-        def save(tmp: Path):
-            trainer.model.save_pretrained(tmp)
-            trainer.tokenizer.save_pretrained(tmp)
+            def save(tmp: Path):
+                trainer.model.save_pretrained(tmp)
+                trainer.tokenizer.save_pretrained(tmp)
 
-        replace_dir(trainer.out / "model", save)
-    write_json_atomic(trainer.out / "summary.json", result)  # last: its presence marks the run finished
+            replace_dir(trainer.out / "model", save)
+        write_json_atomic(trainer.out / "summary.json", result)  # last: its presence marks the run finished
+    except OSError as e:
+        raise KitError(
+            f"{trainer.out}: the finished run's files could not be written ({checkpoint.write_error(e)}); its last "
+            f"checkpoint is kept: make room, then resume (resume: true) to write them"
+        ) from e
     if not trainer.cfg.keep_checkpoints:  # a finished run is never resumed: its checkpoints only take space
         shutil.rmtree(trainer.out / "checkpoints", ignore_errors=True)
 

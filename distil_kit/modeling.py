@@ -137,10 +137,21 @@ def read_model_config(folder: Path) -> dict:
     return config
 
 
+def _hub_config_folder(name: str) -> Path:
+    """The folder of a hub id's config.json: the hub cache's snapshot (only config.json is fetched, when online)."""
+    from huggingface_hub import hf_hub_download
+
+    kwargs = _hub_kwargs(name, MODEL_PARAMETER, LOCAL_MODEL)
+    try:
+        return Path(hf_hub_download(name, "config.json", **kwargs)).parent
+    except Exception as e:  # the hub client's errors: not found, gated, network
+        raise _from_hub_error(name, "model", e) from e
+
+
 def max_positions(name: str) -> int | None:
-    """A local model folder's ``max_position_embeddings`` (None for a hub id or a config without one)."""
-    folder = _local_folder(str(name), "model")
-    value = read_model_config(folder).get("max_position_embeddings") if folder is not None else None
+    """The model's ``max_position_embeddings`` (None for a config without one)."""
+    folder = _local_folder(str(name), "model") or _hub_config_folder(str(name))
+    value = read_model_config(folder).get("max_position_embeddings")
     return value if isinstance(value, int) else None
 
 
@@ -201,12 +212,13 @@ def check_model_folder(folder: Path) -> None:
 
 
 def model_folder(name: str) -> Path | None:
-    """The checked local folder of ``name``, or None for a hub id (which offline must be in the local cache)."""
+    """The checked local folder of ``name``, or None for a hub id (its config checked; offline it must be in the
+    local cache)."""
     folder = _local_folder(name, "model")
     if folder is not None:
         check_model_folder(folder)
-    else:
-        _hub_kwargs(str(name), MODEL_PARAMETER, LOCAL_MODEL)
+    else:  # the same checks on the hub id's config, before its weights are fetched
+        check_model_config(_hub_config_folder(str(name)))
     return folder
 
 

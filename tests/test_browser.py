@@ -313,7 +313,7 @@ def drive(lab, browser, kit, shots) -> None:
     assert stderr_outputs(page) == []
     checkpoints = kit / "runs" / "stopped" / "checkpoints"
     assert any(checkpoints.iterdir()), "no checkpoint written"
-    assert rendered_images(cell_with(page, "plots.loss_figure([run])")) == 1  # the partial run's curves so far
+    assert rendered_images(cell_with(page, "plots.loss_figure(runs)")) == 1  # the partial run's curves so far
     assert "unfinished, so no summary yet" in cell_with(page, "run.summary").inner_text()
     train.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "3-interrupted.png"))

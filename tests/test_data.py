@@ -463,3 +463,17 @@ def test_cli_preprocess_full_sst2(sst2_dir, minilm_dir, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
+
+
+def test_a_hub_ids_config_is_checked_before_its_weights(tiny_model, tmp_path):
+    """The checks a local folder's config gets (an encoder, 2 labels, positions) run on a hub id's config too."""
+    _fake_hub_cache(tmp_path / "hf-home", "someone/decoder", tiny_model)
+    snapshot = next((tmp_path / "hf-home" / "hub" / "models--someone--decoder" / "snapshots").iterdir())
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    env = {k: v for k, v in os.environ.items() if k not in hub.OFFLINE_VARIABLES}
+    env |= {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    code = "from distil_kit import modeling\nmodeling.model_folder('someone/decoder')\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert f"{snapshot / 'config.json'}: model_type 'gpt2'" in proc.stderr, proc.stderr[-2000:]

@@ -433,6 +433,10 @@ class Fault(Callback):
 
 if __name__ == "__main__":
     mode, out_dir, config_json = sys.argv[1:]
+    if os.environ.get("FAULT"):  # a rank that hangs dumps its threads' stacks and exits, not to hold the test
+        import faulthandler
+
+        faulthandler.dump_traceback_later(60, exit=True)
     try:
         {"train": _harness_train, "eval": _harness_eval}[mode](Path(out_dir), json.loads(config_json))
     except KitError as e:  # as the CLI reports it

@@ -354,7 +354,7 @@ def test_text_parameters_keep_their_text_on_the_command_line():
 
 
 @pytest.mark.parametrize(
-    "typo, nearest", [("epoch", "epochs"), ("learning_rat", "learning_rate"), ("seeds", "seed"), ("lr_", "lr")]
+    "typo, nearest", [("epoch", "epochs"), ("learning_rat", "learning_rate"), ("sed", "seed"), ("lr_", "lr")]
 )
 def test_unknown_parameter_names_the_nearest(typo, nearest, tmp_path):
     if nearest not in RunConfig.field_names():  # no near miss: the known names instead

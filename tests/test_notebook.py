@@ -285,3 +285,52 @@ def test_a_seed_sweep_from_the_notebook_then_its_paired_comparison(kernel_env, t
     )
     printed = "".join(o.get("text", "") for c in analysis.cells for o in c.get("outputs", []))
     assert re.search(r"runs/sweep/seed-1 vs runs/sweep/seed-0: [+-]?\d+\.\d\d points, 95% interval \[", printed)
+
+
+@pytest.mark.slow
+def test_sigterm_to_papermill_loses_at_most_the_work_since_the_last_timed_checkpoint(
+    kernel_env, tmp_path, tiny_model, sst2_dir
+):
+    """papermill killed with SIGTERM takes its kernel with it within a second, whatever the kernel was doing: no
+    handler of the run's gets to write. What survives is the last checkpoint, and timed checkpoints
+    (checkpoint_minutes, here 0.02: 1.2 s) bound how old it is; the folder resumes to a finished run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distil_kit import checkpoint
+    from distil_kit.records import Run
+
+    out = tmp_path / "run"
+    parameters = {"model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": str(out), "epochs": 2}
+    parameters |= {"max_train_samples": 4000, "train_batch_size": 4, "target_acc": None, "save_model": False}
+    parameters |= {"log_every": 1, "checkpoint_minutes": 0.02}
+    sets = [a for k, v in parameters.items() for a in ("-p", k, str(v))]  # papermill reads None as None
+    notebook_path = ROOT / "notebooks" / "finetune.ipynb"
+    log = tmp_path / "papermill.log"
+    with log.open("w") as err:
+        command = [sys.executable, "-m", "papermill", str(notebook_path), str(tmp_path / "o.ipynb"), *sets]
+        proc = subprocess.Popen([*command, "--cwd", str(ROOT)], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 180
+    while len(checkpoint.checkpoints(out / "checkpoints")) < 2:  # a few timed checkpoints in
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    killed = time.time()
+    proc.wait(timeout=60)
+    time.sleep(2)  # the kernel goes with papermill
+    latest = checkpoint.checkpoints(out / "checkpoints")[-1]
+    age = killed - latest.stat().st_mtime
+    assert not Run(out).finished
+    # the bound: checkpoint_minutes, plus the log row it waits for (one step) and the write itself
+    assert age < 0.02 * 60 + 2.0, f"the last checkpoint was {age:.1f} s old when papermill was killed"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "distil_kit", "finetune", "--resume", "--set", f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert Run(out).finished

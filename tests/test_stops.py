@@ -229,3 +229,20 @@ def test_preprocess_refuses_to_replace_a_dataset_without_overwrite(tiny_model, s
         preprocess(sst2_dir, str(tiny_model), tmp_path, padding="max_length", overwrite=True).metadata["padding"]
         == "max_length"
     )
+
+
+def test_a_full_disk_while_saving_the_model_is_one_line_and_resumable(config, reference, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    out = tmp_path / "run"
+    with pytest.raises(KitError, match=r"the finished run's files could not be written \(OSError: \[Errno 28\] No"):
+        engine.finetune(config, output_dir=str(out))
+    monkeypatch.undo()
+    assert not Run(out).finished and not list(out.glob(".model.*"))  # no half-written model folder
+    assert_same_run(engine.finetune(output_dir=str(out), resume=True), reference)
