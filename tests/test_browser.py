@@ -314,7 +314,7 @@ def drive(lab, browser, kit, shots) -> None:
     checkpoints = kit / "runs" / "stopped" / "checkpoints"
     assert any(checkpoints.iterdir()), "no checkpoint written"
     assert rendered_images(cell_with(page, "plots.loss_figure(runs)")) == 1  # the partial run's curves so far
-    assert "unfinished, so no summary yet" in cell_with(page, "run.summary").inner_text()
+    assert "unfinished, so no summary yet" in cell_with(page, "r.summary for r in runs").inner_text()
     train.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "3-interrupted.png"))
 
