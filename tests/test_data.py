@@ -305,11 +305,11 @@ def test_offline_a_cached_hub_id_still_loads(tiny_model, tmp_path):
         "assert modeling.model_folder('distilbert-base-uncased') is None\n"
         "tok = modeling.load_tokenizer('distilbert-base-uncased')\n"
         "model = modeling.load_classifier('distilbert-base-uncased')\n"
-        "print(len(tok), model.config.dim)\n"
+        "print(len(tok), model.config.dim, modeling.max_positions('distilbert-base-uncased'))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["30522", "32"]  # the tiny model's vocabulary and width: the cached copy
+    assert proc.stdout.split() == ["30522", "32", "512"]  # the tiny model's vocabulary, width, positions: the cache
 
 
 # --- bad input: one line, naming the file/row/parameter, nothing left in out ---------------------------------

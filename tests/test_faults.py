@@ -255,5 +255,4 @@ def test_rows_longer_than_the_models_positions(lengths, limit, pieces):
 def test_max_positions_reads_the_config(tiny_model):
     from distil_kit.modeling import max_positions
 
-    assert max_positions(str(tiny_model)) == 512
-    assert max_positions("distilbert-base-uncased") is None
+    assert max_positions(str(tiny_model)) == 512  # a hub id's: tests/test_data.py (a faked hub cache)
