@@ -1,48 +1,64 @@
-"""Side-by-side training throughput on one SST-2 slice, in one process: FlagPerf's recipe, a plain HF Trainer
-script, the kit at FlagPerf's settings and the kit's fast mode.
+"""Side-by-side training throughput at FlagPerf's recipe (global batch 256) on one SST-2 slice, in one process:
+FlagPerf as it ran, a plain HF Trainer script, the kit at FlagPerf's settings, the kit's fast mode, and a bare
+PyTorch loop over the fast mode's own batches.
 
-Variants, all on the first ``--rows`` training rows of SST-2, one epoch, batch 32, lr 5e-5, wd 0, linear decay,
+Every variant trains the first ``--rows`` training rows of SST-2 for one epoch in optimizer steps of 256 rows
+(micro-batches of 32, 8 accumulated: FlagPerf's A100 1x1 configuration), lr 5e-5, weight decay 0, linear decay,
 no warm-up, seed 0:
 
-  a  FlagPerf's recipe as published, re-implemented here (not through the kit's engine): fp32, every row padded to
-     512, RandomSampler with a seeded generator, plain ``torch.optim.AdamW`` on FlagPerf's no-decay groups
-     (``distil_kit.recipe``), a linear schedule, the loss read with ``.item()`` every step.
-  b  a plain Hugging Face ``Trainer`` script: ``TrainingArguments`` + ``DataCollatorWithPadding`` (pad to the
-     longest row of each batch), its defaults otherwise (fused AdamW), in bf16 wherever d runs in bf16 (GPUs, CPUs
-     with native bf16), no evaluation, logging and saving off.
+  a  FlagPerf as it ran, re-implemented here (not through the kit's engine): every row padded to 512, a seeded
+     RandomSampler, 32 x 8 accumulation (each micro-batch's loss divided by 8, the scheduler stepped per
+     micro-batch as FlagPerf does), plain ``torch.optim.AdamW`` on FlagPerf's no-decay groups
+     (``distil_kit.recipe``), the loss read with ``.item()`` every micro-batch. FlagPerf's "fp32" ran with TF32
+     matmuls (NVIDIA's container on A100s): on a GPU with TF32, ``a`` runs with TF32 allowed and ``a-fp32`` strict
+     fp32, and every ratio is to the faster of the two; on a CPU there is no TF32 and ``a`` is fp32.
+  b  a plain Hugging Face ``Trainer`` script at FlagPerf's settings: ``per_device_train_batch_size=32``,
+     ``gradient_accumulation_steps=8``, ``max_grad_norm=0`` (FlagPerf does not clip), ``DataCollatorWithPadding``
+     (pad to each micro-batch's longest row), its defaults otherwise (fused AdamW), in bf16 wherever d runs in bf16
+     (GPUs, CPUs with native bf16), no evaluation, logging and saving off.
   c  the kit (``distil_kit.engine.finetune``) at FlagPerf's settings (fast=False).
-  d  the kit's fast mode (fast=True).
+  d  the kit's fast mode (fast=True): on a GPU each step as one micro-batch of 256, on a CPU as 8 micro-batches
+     sorted by length within the step (see resolve.py).
+  e  the practical limit: a bare PyTorch loop (no records, no checks, no data loading: the batches are collated
+     and on the device before the clock starts) over exactly d's batches, with d's precision and optimizer.
+
+Reported per variant: samples/s, real and padded tokens/s (real: the rows' own tokens; padded: what the model
+computed), peak memory, and model FLOP utilisation: 6 x the model's non-embedding parameters x real tokens/s over
+the bf16 matmul rate this script measures on the same device (``matmul_tflops``); ratios of samples/s to a, b and e.
 
 Timing: one whole epoch over the slice for every variant (first step included), after one untimed process-wide
-warm-up (a few forward/backward/AdamW steps of the model, which are then thrown away). For a and b the clock runs
+warm-up (a few forward/backward/AdamW steps of the model, which are then thrown away). For a, b and e the clock runs
 from the first batch to the end of the last optimizer step (model loading, tokenizing and the Trainer's set-up
 excluded); for c and d it is the kit's own ``throughput(ips)_no_eval`` and ``tokens_per_s`` from summary.json
 (evaluation excluded; on a GPU with compile or CUDA graphs, the steps that compile or capture are excluded and
-shown as compile_s). Tokens are real (unpadded) tokens of the trained rows. Peak memory: on a GPU
-``torch.cuda.max_memory_allocated`` during the variant (stats reset before it); on CPU the peak process RSS during
-the variant minus the RSS just before it, model loading included (see measure.PeakMemory).
+shown as compile_s). Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` during the variant (stats reset
+before it); on CPU the peak process RSS during the variant minus the RSS just before it, model loading included (see
+measure.PeakMemory).
 
 On CPU FlagPerf's 512-padded recipe is slow: ``--flagperf-rows`` gives variant a fewer rows (every one of its
-batches has the same [32, 512] shape, so its samples/s does not depend on which rows it gets).
+micro-batches has the same [32, 512] shape, so its samples/s does not depend on which rows it gets; a last
+accumulation group shorter than 8 micro-batches still ends in an optimizer step).
 
 The CSV goes to bench_out/ (ignored by git); ``--out benchmarks/results`` records a result. Fast vs plain dev
 accuracy is benchmarks/guard.py.
 
 Examples:
-  python benchmarks/bench.py --tiny                                  # seconds: the CI smoke run
-  python benchmarks/bench.py --rows 512 --flagperf-rows 32 --threads 1   # CPU
-  python benchmarks/bench.py --rows 16384 --flagperf-rows 2048      # GPU
+  python benchmarks/bench.py --tiny                                   # seconds: the CI smoke run
+  python benchmarks/bench.py --rows 2048 --flagperf-rows 64 --threads 2   # CPU
+  python benchmarks/bench.py --rows 16384 --flagperf-rows 4096        # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,11 +68,14 @@ if str(REPO) not in sys.path:  # run as a script from a checkout: import the kit
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from common import (  # noqa: E402
+    ACCUMULATION,
     BATCH,
     LR,
     MAX_LEN,
     SEED,
+    STEP_ROWS,
     BenchError,
     Context,
     add_run_options,
@@ -69,19 +88,23 @@ from common import (  # noqa: E402
     write_csv,
     write_slice,
 )
-from measure import Contention, PeakMemory, environment, sync, trim_heap  # noqa: E402
+from measure import Contention, PeakMemory, environment, matmul_tflops, sync, trim_heap  # noqa: E402
 
 from distil_kit.errors import KitError  # noqa: E402
 from distil_kit.resolve import resolve_config, resolve_device  # noqa: E402
 
 VARIANTS = {
-    "a": "FlagPerf recipe (fp32, pad 512)",
-    "b": "HF Trainer (dynamic padding)",
+    "a": "FlagPerf as it ran (pad 512, 32 x 8)",
+    "b": "HF Trainer (32 x 8, dynamic padding)",
     "c": "kit, FlagPerf settings",
     "d": "kit, fast",
+    "e": "bare loop over d's batches",
 }
+STRICT_FP32 = "a-fp32"  # variant a again with TF32 off, where the GPU has TF32
+# The targets this CPU's table is held to: (variant, reference, at least this many times its samples/s).
+CPU_TARGETS = (("d", "b", 2.5), ("d", "a", 100.0), ("d", "e", 0.9))
 TIMING = (
-    "whole epoch per variant after an untimed process-wide warm-up; a/b timed here from first batch to last "
+    "whole epoch per variant after an untimed process-wide warm-up; a/b/e timed here from first batch to last "
     "optimizer step, c/d summary.json throughput(ips)_no_eval (eval and compile steps excluded)"
 )
 
@@ -105,6 +128,13 @@ def load_model(folder: str, device: torch.device):
 
     torch.manual_seed(SEED)  # the same classifier head for every variant
     return load_classifier(folder).to(device)
+
+
+def non_embedding_parameters(folder: str) -> int:
+    """The parameters a token's forward and backward multiply through (the 6 N of 6 N FLOPs per token): all but
+    the embedding tables, which are looked up."""
+    model = load_model(folder, torch.device("cpu"))
+    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
 
 
 def warm_up(model_dir: str, device: torch.device, steps: int) -> None:
@@ -132,7 +162,25 @@ def warm_up(model_dir: str, device: torch.device, steps: int) -> None:
     del model, opt
 
 
-# --- a: FlagPerf's recipe --------------------------------------------------------------------------------------
+def timed_row(precision: str, steps: int, rows: int, real: int, padded: int, seconds: float, mem) -> dict:
+    """A variant's CSV fields from what it trained and how long it took."""
+    return {
+        "rows_timed": rows,
+        "steps": steps,
+        "precision": precision,
+        "seconds": seconds,
+        "samples_per_s": rows / seconds,
+        "real_tokens": real,
+        "tokens_per_s": real / seconds,
+        "padded_tokens": padded,
+        "padded_tokens_per_s": padded / seconds,
+        "peak_mem_gib": mem.gib,
+        "mem_kind": mem.kind,
+        "compile_s": 0.0,
+    }
+
+
+# --- a: FlagPerf as it ran -------------------------------------------------------------------------------------
 
 
 class _FlagPerfDataset(torch.utils.data.Dataset):
@@ -164,7 +212,22 @@ def _flagperf_collate(features):
     return batch
 
 
-def run_flagperf(ctx: Context, train) -> dict:
+def has_tf32(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+@contextmanager
+def tf32_matmuls(allowed: bool):
+    """TF32 in matmuls and convolutions on or off for the block (as NVIDIA's container had it on), then as before."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def run_flagperf(ctx: Context, train, tf32: bool) -> dict:
     from distil_kit.modeling import load_tokenizer
     from distil_kit.preprocess import tokenize
     from distil_kit.recipe import make_optimizer, make_scheduler
@@ -178,44 +241,34 @@ def run_flagperf(ctx: Context, train) -> dict:
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=BATCH, collate_fn=_flagperf_collate, drop_last=False, num_workers=0
     )
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, tf32_matmuls(tf32):
         model = load_model(ctx.model, device)
-        # FlagPerf's optimizer and schedule are the kit's recipe: plain (not fused) AdamW on its two parameter
-        # groups, linear decay over the epoch's steps, no warm-up
+        # FlagPerf's optimizer is the kit's recipe (plain, not fused, AdamW on its two parameter groups); its
+        # scheduler decays over the micro-batches, not the optimizer steps
         optimizer = make_optimizer(model, LR, weight_decay=0.0)
         scheduler = make_scheduler(optimizer, len(loader))
         steps, losses = 0, []
         sync(device)
         t0 = time.perf_counter()
-        for batch in loader:  # FlagPerf's train_one_epoch / train_one_step / adapter.backward
+        for i, batch in enumerate(loader):  # FlagPerf's train_one_epoch / train_one_step / adapter.backward
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             model.train()
-            outputs = model(**batch)
-            losses.append(outputs["loss"].item())
-            outputs["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            loss = model(**batch)["loss"] / ACCUMULATION
+            losses.append(loss.item())
+            loss.backward()
+            if (i + 1) % ACCUMULATION == 0 or i + 1 == len(loader):
+                optimizer.step()
+                optimizer.zero_grad()
+                steps += 1
             scheduler.step()
-            steps += 1
         sync(device)
         seconds = time.perf_counter() - t0
     if not all(math.isfinite(x) for x in losses):
         raise BenchError(f"variant a: loss became {losses[-1]}")
     del model, optimizer
-    rows, tokens = len(split), int(split.lengths.sum())
-    return {
-        "rows_timed": rows,
-        "steps": steps,
-        "precision": "fp32",
-        "seconds": seconds,
-        "samples_per_s": rows / seconds,
-        "real_tokens": tokens,
-        "tokens_per_s": tokens / seconds,
-        "padded_tokens": rows * MAX_LEN,
-        "peak_mem_gib": mem.gib,
-        "mem_kind": mem.kind,
-        "compile_s": 0.0,
-    }
+    rows = len(split)
+    precision = "tf32" if tf32 else "fp32"
+    return timed_row(precision, steps, rows, int(split.lengths.sum()), rows * MAX_LEN, seconds, mem)
 
 
 # --- b: a plain Hugging Face Trainer script ----------------------------------------------------------------------
@@ -268,6 +321,8 @@ def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
         output_dir=str(ctx.tmp / "hf-trainer"),
         num_train_epochs=1,
         per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION,
+        max_grad_norm=0.0,  # FlagPerf does not clip gradients
         learning_rate=LR,
         weight_decay=0.0,
         lr_scheduler_type="linear",
@@ -296,25 +351,110 @@ def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
         raise BenchError("variant b: the Trainer never called the timing callback")
     if not math.isfinite(result.training_loss):
         raise BenchError(f"variant b: training loss {result.training_loss}")
-    seconds = Clock.t1 - Clock.t0
     del trainer, model
-    rows, tokens = len(train), int(sum(map(len, enc["input_ids"])))
-    return {
-        "rows_timed": rows,
-        "steps": result.global_step,
-        "precision": "bf16" if bf16 else "fp32",
-        "seconds": seconds,
-        "samples_per_s": rows / seconds,
-        "real_tokens": tokens,
-        "tokens_per_s": tokens / seconds,
-        "padded_tokens": Clock.padded,
-        "peak_mem_gib": mem.gib,
-        "mem_kind": mem.kind,
-        "compile_s": 0.0,
-    }
+    real = int(sum(map(len, enc["input_ids"])))
+    precision = "bf16" if bf16 else "fp32"
+    return timed_row(precision, result.global_step, len(train), real, Clock.padded, Clock.t1 - Clock.t0, mem)
+
+
+# --- c, d: the kit; e: a bare loop over d's batches ------------------------------------------------------------
+
+FIELDS = ("input_ids", "attention_mask", "labels", "weight")  # what the bare loop reads from a batch
+
+
+def kit_batches(folder: Path, device: torch.device | None = None) -> tuple[object, list[list]]:
+    """The resolved config of the kit run in ``folder`` and its first epoch's batches, step by step, exactly as its
+    engine drew them (same sampler, same collate); on ``device`` if given."""
+    from distil_kit.batching import train_loader
+    from distil_kit.config import RunConfig, micro_batches_per_step
+    from distil_kit.inputs import load_splits
+    from distil_kit.modeling import load_tokenizer
+
+    cfg = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    split = load_splits(cfg, load_tokenizer(cfg.model))["train"]
+    sampler, loader = train_loader(split, cfg.replace(num_workers=0))
+    sampler.set_epoch(0)
+    batches = list(loader)
+    if device is not None:
+        batches = [b._replace(**{k: getattr(b, k).to(device) for k in FIELDS}) for b in batches]
+    per_step = micro_batches_per_step(cfg)
+    return cfg, [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
+
+
+def padded_tokens(steps: list[list]) -> int:
+    return sum(b.input_ids.numel() for step in steps for b in step)
+
+
+def run_kit_variant(ctx: Context, fast: bool, rows: int, name: str, extra: dict) -> dict:
+    """The kit's own timing (summary.json), with the padded tokens its batches held."""
+    result, _ = run_kit(ctx, fast=fast, rows=rows, name=name, **extra)
+    _, steps = kit_batches(ctx.tmp / f"kit-{name}")
+    result["padded_tokens"] = padded_tokens(steps)
+    result["padded_tokens_per_s"] = result["padded_tokens"] / result["seconds"]
+    return result
+
+
+def run_bare(ctx: Context, fast_folder: Path) -> dict:
+    """A forward, backward and optimizer step per step of d's batches, nothing else: what the kit's engine adds to
+    d's time is what d lacks against this."""
+    from distil_kit.recipe import make_optimizer, make_scheduler
+    from distil_kit.step import autocast
+
+    device = ctx.device
+    cfg, steps = kit_batches(fast_folder, device)
+    with PeakMemory(device) as mem:
+        model = load_model(ctx.model, device)
+        model.train()
+        optimizer = make_optimizer(model, LR, weight_decay=0.0, fused=cfg.fused_adamw)
+        scheduler = make_scheduler(optimizer, len(steps))
+        loss = torch.zeros((), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        for step in steps:
+            for b in step:
+                with autocast(device, cfg.precision):
+                    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                loss = (F.cross_entropy(logits.float(), b.labels, reduction="none") * b.weight).sum()
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        sync(device)
+        seconds = time.perf_counter() - t0
+    if not math.isfinite(loss.item()):
+        raise BenchError(f"variant e: loss became {loss.item()}")
+    del model, optimizer
+    rows = sum(b.n_rows for step in steps for b in step)
+    real = sum(b.n_tokens for step in steps for b in step)
+    return timed_row(cfg.precision, len(steps), rows, real, padded_tokens(steps), seconds, mem)
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def parse_variants(spec: str) -> list[str]:
+    variants = [v.strip() for v in spec.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or len(set(variants)) != len(variants):
+        raise BenchError(f"--variants {spec!r}: expected a comma-separated subset of {','.join(VARIANTS)}")
+    if "e" in variants and "d" not in variants:
+        raise BenchError(f"--variants {spec!r}: e trains d's batches, so it needs d too")
+    return [v for v in VARIANTS if v in variants]  # d before e, whatever order was given
+
+
+def add_ratios(frame: pd.DataFrame) -> None:
+    """samples/s over each reference's (a: the faster of a and a-fp32), and d's share of the bf16 matmul rate."""
+    speed = frame.set_index("variant")["samples_per_s"]
+    flagperf = speed[speed.index.isin(["a", STRICT_FP32])]
+    refs = {"x_vs_flagperf": flagperf.max() if len(flagperf) else math.nan}
+    refs["x_vs_hf_trainer"] = speed.get("b", math.nan)
+    refs["x_vs_bare"] = speed.get("e", math.nan)
+    for col, ref in refs.items():
+        frame[col] = frame["samples_per_s"] / ref
+    tokens = frame.set_index("variant")["tokens_per_s"]
+    frame["tokens_x_vs_flagperf"] = frame["tokens_per_s"] / (
+        tokens[flagperf.idxmax()] if len(flagperf) else math.nan
+    )
 
 
 def benchmark(args) -> pd.DataFrame:
@@ -322,13 +462,10 @@ def benchmark(args) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = device.type == "cpu"
-    rows = args.rows or (32 if args.tiny else 512 if cpu else 8192)
+    rows = args.rows or (64 if args.tiny else 2048 if cpu else 16384)
     flagperf_rows = min(args.flagperf_rows or (rows if not cpu or args.tiny else min(rows, 64)), rows)
     dev_rows = args.dev_rows or (32 if args.tiny else None)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants or len(set(variants)) != len(variants):
-        raise BenchError(f"--variants {args.variants!r}: expected a comma-separated subset of {','.join(VARIANTS)}")
+    variants = parse_variants(args.variants)
     fast_set, fast_cfg = fast_settings(args.fast_set)
     # b in bf16 exactly where d runs in bf16 (the kit's own resolution), so no ratio rests on precision alone
     fast_bf16 = resolve_config(fast_cfg, device).precision == "bf16"
@@ -341,25 +478,34 @@ def benchmark(args) -> pd.DataFrame:
         model = build_model(args.model, tokenizer, args.tiny, tmp)
         ctx = Context(device, model, data_dir, tmp)
         env = environment(device)
+        tflops = matmul_tflops(device)
+        flops_per_token = 6 * non_embedding_parameters(model)
         print(
             f"{env['device_name']} | torch {env['torch']} | transformers {env['transformers']} | model "
-            f"{args.model}{' (tiny)' if args.tiny else ''} | rows {rows} (a: {flagperf_rows})",
+            f"{args.model}{' (tiny)' if args.tiny else ''} | rows {rows} (a: {flagperf_rows}) | global batch "
+            f"{STEP_ROWS} ({BATCH} x {ACCUMULATION}) | bf16 matmuls {tflops:.3g} TFLOP/s",
             flush=True,
         )
         warm_up(model, device, args.warmup_steps)
+        runs = [("a", "a", True), (STRICT_FP32, "a", False)] if has_tf32(device) else [("a", "a", False)]
+        runs = [r for r in runs if r[1] in variants] + [(v, v, None) for v in variants if v != "a"]
         results = {}
-        for v in variants:
-            print(f"--- variant {v}: {VARIANTS[v]}", flush=True)
+        for key, v, tf32 in runs:
+            print(f"--- variant {key}: {VARIANTS[v]}{' (strict fp32)' if key == STRICT_FP32 else ''}", flush=True)
             contention = Contention()
             t0 = time.perf_counter()
             if v == "a":
-                results[v] = run_flagperf(ctx, train.head(flagperf_rows))
+                results[key] = run_flagperf(ctx, train.head(flagperf_rows), tf32=tf32)
             elif v == "b":
-                results[v] = run_hf_trainer(ctx, train, bf16=fast_bf16)
+                results[key] = run_hf_trainer(ctx, train, bf16=fast_bf16)
+            elif v == "e":
+                results[key] = run_bare(ctx, tmp / "kit-d")
             else:
-                results[v], _ = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
-            results[v]["wall_s"] = time.perf_counter() - t0
-            results[v]["others_cpu_share"] = share = contention.others_share()
+                results[key] = run_kit_variant(ctx, v == "d", rows, v, fast_set if v == "d" else {})
+            r = results[key]
+            r["wall_s"] = time.perf_counter() - t0
+            r["others_cpu_share"] = share = contention.others_share()
+            r["mfu"] = flops_per_token * r["tokens_per_s"] / (tflops * 1e12)
             spare = 1 - min(torch.get_num_threads(), os.cpu_count() or 1) / (os.cpu_count() or 1)
             if cpu and share > spare + 0.1:  # they took cores this process's threads wanted
                 print(
@@ -368,23 +514,45 @@ def benchmark(args) -> pd.DataFrame:
                     flush=True,
                 )
             print(
-                f"    {results[v]['samples_per_s']:.2f} samples/s, {results[v]['tokens_per_s']:.0f} tokens/s "
-                f"({results[v]['wall_s']:.0f} s wall)",
+                f"    {r['samples_per_s']:.2f} samples/s, {r['tokens_per_s']:.0f} real tokens/s, "
+                f"{r['padded_tokens_per_s']:.0f} padded tokens/s ({r['wall_s']:.0f} s wall)",
                 flush=True,
             )
             trim_heap()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    labels = {**VARIANTS, "d": VARIANTS["d"] + fast_label(fast_set)}
-    frame = pd.DataFrame([{"variant": v, "label": labels[v], **r} for v, r in results.items()])
-    for ref, col in (("a", "x_vs_flagperf"), ("b", "x_vs_hf_trainer")):
-        frame[col] = frame["samples_per_s"] / results[ref]["samples_per_s"] if ref in results else float("nan")
-    frame["tokens_x_vs_flagperf"] = (
-        frame["tokens_per_s"] / results["a"]["tokens_per_s"] if "a" in results else float("nan")
-    )
+    labels = {**VARIANTS, STRICT_FP32: VARIANTS["a"] + ", strict fp32", "d": VARIANTS["d"] + fast_label(fast_set)}
+    frame = pd.DataFrame([{"variant": k, "label": labels[k], **r} for k, r in results.items()])
+    add_ratios(frame)
     model_name = "random-distilbert-tiny" if args.model == "random-distilbert" and args.tiny else args.model
-    lead_columns(frame, {**env, "rows": rows, "flagperf_rows": flagperf_rows, "model": model_name, "timing": TIMING})
+    meta = {
+        **env,
+        "rows": rows,
+        "flagperf_rows": flagperf_rows,
+        "model": model_name,
+        "global_batch": STEP_ROWS,
+        "micro_batch": BATCH,
+        "matmul_tflops": tflops,
+        "flops_per_token": flops_per_token,
+        "timing": TIMING,
+    }
+    lead_columns(frame, meta)
     return frame
+
+
+def targets(frame: pd.DataFrame) -> list[tuple[str, bool]]:
+    """This CPU's targets as sentences, each with whether the table meets it (none on a GPU: its issue's)."""
+    if not frame["device"].iloc[0].startswith("cpu"):
+        return []
+    speed = frame.set_index("variant")["samples_per_s"]
+    flagperf = speed[speed.index.isin(["a", STRICT_FP32])].max()
+    out = []
+    for v, ref, at_least in CPU_TARGETS:
+        if v in speed and (ref in speed or ref == "a" and not math.isnan(flagperf)):
+            ratio = speed[v] / (flagperf if ref == "a" else speed[ref])
+            met = ratio >= at_least
+            out.append((f"{v} >= {at_least:g}x {ref}: {ratio:.3g}x, {'met' if met else 'NOT met'}", met))
+    return out
 
 
 def print_table(frame: pd.DataFrame) -> None:
@@ -397,18 +565,24 @@ def print_table(frame: pd.DataFrame) -> None:
         "seconds",
         "samples_per_s",
         "tokens_per_s",
+        "padded_tokens_per_s",
         "peak_mem_gib",
+        "mfu",
         "compile_s",
         "x_vs_flagperf",
         "x_vs_hf_trainer",
+        "x_vs_bare",
     ]
     first = frame.iloc[0]
     print(
         f"\n{first['device_name']} | torch {first['torch']} | transformers {first['transformers']} | "
-        f"{first['date']}\nmodel {first['model']} | rows {first['rows']} (variant a: {first['flagperf_rows']})"
+        f"{first['date']}\nmodel {first['model']} | rows {first['rows']} (variant a: {first['flagperf_rows']}) | "
+        f"global batch {first['global_batch']} | bf16 matmuls {first['matmul_tflops']:.3g} TFLOP/s"
     )
     print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"memory: {first['mem_kind']}; timing: {first['timing']}")
+    for sentence, _ in targets(frame):
+        print(f"target {sentence}")
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------
@@ -422,7 +596,7 @@ def parse_args(argv=None):
         "--rows",
         type=int,
         default=None,
-        help="first N training rows (default: 8192 on GPU, 512 on CPU, 32 with --tiny)",
+        help="first N training rows (default: 16384 on GPU, 2048 on CPU, 64 with --tiny)",
     )
     p.add_argument(
         "--flagperf-rows",
@@ -440,7 +614,7 @@ def parse_args(argv=None):
         default=None,
         help="tokenizer folder (default: the packaged MiniLM's, which is distilbert-base-uncased's vocabulary)",
     )
-    p.add_argument("--variants", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
     add_run_options(p, dev_rows_default="all 872; 32 with --tiny")
     p.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: seconds, for CI")
     p.add_argument(

@@ -59,6 +59,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def matmul_tflops(device: torch.device, seconds: float = 1.0) -> float:
+    """The bf16 matrix-multiply rate of this device, in TFLOP/s: square matmuls (4096 on a GPU, 1024 on a CPU,
+    with this process's threads) repeated for about ``seconds``, after a warm-up. The denominator of model FLOP
+    utilisation: the rate this machine reaches, not a datasheet's."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or reps < 3:
+        for _ in range(10 if device.type == "cuda" else 1):
+            a @ b
+            reps += 1
+        sync(device)
+    return 2 * n**3 * reps / elapsed / 1e12
+
+
 def trim_heap() -> None:
     """Give freed memory back (Python objects, the CUDA cache, glibc's heap), so that one variant's leftovers do not
     count as the next one's RSS, nor hide its growth."""

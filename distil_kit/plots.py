@@ -143,17 +143,18 @@ def throughput_figure(runs: list[Run]) -> Figure:
 
 def benchmark_figure(table) -> Figure:
     """The benchmark script's table (a CSV path or its DataFrame): samples/s per variant, with the ratios to
-    FlagPerf's recipe and to the HF Trainer script written on the bars."""
+    FlagPerf's recipe and to the HF Trainer script written on the bars (and to the bare loop, where it ran)."""
     frame = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
     fig = _Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(frame))[::-1]
     bars = ax.barh(y, frame.samples_per_s, color=_colors(len(frame)))
+    bare = frame["x_vs_bare"] if "x_vs_bare" in frame else pd.Series(np.nan, index=frame.index)
     ax.bar_label(
         bars,
         labels=[
-            f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer)"
-            for v, a, b in zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer, strict=True)
+            f"{v:,.0f}/s  ({a:.1f}x FlagPerf, {b:.1f}x HF Trainer{'' if np.isnan(e) else f', {e:.2f}x bare'})"
+            for v, a, b, e in zip(frame.samples_per_s, frame.x_vs_flagperf, frame.x_vs_hf_trainer, bare, strict=True)
         ],
         fontsize=8,
         padding=3,
@@ -161,11 +162,13 @@ def benchmark_figure(table) -> Figure:
     ax.set_yticks(
         y, [f"{v}: {label}\n{p}" for v, label, p in zip(frame.variant, frame.label, frame.precision, strict=True)]
     )
-    ax.set_xlim(0, frame.samples_per_s.max() * 1.6)
+    ax.set_xlim(0, frame.samples_per_s.max() * 1.7)
     first = frame.iloc[0]
+    # CSVs written before the benchmark ran FlagPerf's global batch have no global_batch column (they ran 32)
+    batch = f", global batch {int(first.global_batch)}" if "global_batch" in frame else ""
     ax.set(
         title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
-        f"first {int(first.rows)} SST-2 training rows, batch 32",
+        f"first {int(first.rows)} SST-2 training rows{batch}",
         xlabel="training samples/s (one epoch, evaluation and compile time excluded)",
     )
     ax.grid(axis="x", alpha=0.3)

@@ -1,4 +1,4 @@
-"""benchmarks/: bench.py --tiny runs the four variants side by side in seconds and writes one CSV row each; guard.py
+"""benchmarks/: bench.py --tiny runs the five variants side by side in seconds and writes one CSV row each; guard.py
 pairs plain and fast runs per seed; measure.py's memory and CPU-time readings; the results folder documents itself.
 
 Nothing here reads the recorded results' CSVs: the CSV schema is checked against tests/fixtures/bench-sample-1.csv.
@@ -59,31 +59,43 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
 
     [csv] = list(tmp_path.glob("bench-cpu-*.csv"))
     frame = pd.read_csv(csv)
-    assert list(frame["variant"]) == ["a", "b", "c", "d"]
+    assert list(frame["variant"]) == ["a", "b", "c", "d", "e"]  # a CPU has no TF32: no strict-fp32 row
     # the fixtures that stand in for recorded results keep the schema bench.py writes
     assert list(frame.columns) == list(pd.read_csv(FIXTURES / "bench-sample-1.csv").columns)
     assert (frame["samples_per_s"] > 0).all() and (frame["tokens_per_s"] > 0).all()
     assert (frame["x_vs_flagperf"] > 0).all() and (frame["x_vs_hf_trainer"] > 0).all()
     assert (frame["peak_mem_gib"] > 0).all() and (frame["mem_kind"] == "cpu_rss_peak_delta").all()
     assert (frame["others_cpu_share"] >= 0).all()
+    assert ((frame["mfu"] > 0) & (frame["mfu"] < 1)).all() and (frame["matmul_tflops"] > 0).all()
+    assert (frame["global_batch"] == 256).all() and (frame["micro_batch"] == 32).all()
     by = frame.set_index("variant")
-    assert by.loc["a", "x_vs_flagperf"] == 1 and by.loc["b", "x_vs_hf_trainer"] == 1
+    assert by.loc["a", "x_vs_flagperf"] == 1 and by.loc["b", "x_vs_hf_trainer"] == 1 and by.loc["e", "x_vs_bare"] == 1
     # every variant trained the same rows: same real tokens (a may get fewer rows, never here with --tiny)
     assert by["real_tokens"].nunique() == 1 and by["rows_timed"].nunique() == 1
     assert by.loc["a", "padded_tokens"] == by.loc["a", "rows_timed"] * 512
+    assert (by["padded_tokens"] >= by["real_tokens"]).all()
+    # e trained exactly d's batches, in d's precision
+    assert by.loc["e", "padded_tokens"] == by.loc["d", "padded_tokens"] and by.loc["e", "steps"] == by.loc["d", "steps"]
+    assert by.loc["e", "precision"] == by.loc["d", "precision"]
+    # 64 rows at FlagPerf's 32 x 8: one (short) optimizer step everywhere
+    assert (by["steps"] == 1).all()
     assert frame["model"].iloc[0] == "random-distilbert-tiny"
     assert "bench-cpu" in csv.name and csv.name.endswith(".csv")
-    assert "x_vs_hf_trainer" in done.stdout  # the printed table
+    assert "x_vs_bare" in done.stdout and "target d >= 2.5x b" in done.stdout  # the printed table and targets
 
 
-def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
+@pytest.mark.parametrize(
+    ("variants", "expected"),
+    [("a,f", "expected a comma-separated subset of a,b,c,d,e"), ("a,e", "e trains d's batches, so it needs d")],
+)
+def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir, variants, expected):
     done = subprocess.run(
         [
             sys.executable,
             str(BENCH),
             "--tiny",
             "--variants",
-            "a,e",
+            variants,
             "--data",
             str(sst2_dir),
             "--tokenizer",
@@ -95,7 +107,7 @@ def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir):
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and "--variants" in done.stderr
+    assert done.returncode == 2 and f"--variants {variants!r}" in done.stderr and expected in done.stderr
     assert not list(tmp_path.glob("*.csv"))
 
 
