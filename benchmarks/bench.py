@@ -452,9 +452,7 @@ def add_ratios(frame: pd.DataFrame) -> None:
     for col, ref in refs.items():
         frame[col] = frame["samples_per_s"] / ref
     tokens = frame.set_index("variant")["tokens_per_s"]
-    frame["tokens_x_vs_flagperf"] = frame["tokens_per_s"] / (
-        tokens[flagperf.idxmax()] if len(flagperf) else math.nan
-    )
+    frame["tokens_x_vs_flagperf"] = frame["tokens_per_s"] / (tokens[flagperf.idxmax()] if len(flagperf) else math.nan)
 
 
 def benchmark(args) -> pd.DataFrame:

@@ -75,8 +75,8 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
     assert by.loc["a", "padded_tokens"] == by.loc["a", "rows_timed"] * 512
     assert (by["padded_tokens"] >= by["real_tokens"]).all()
     # e trained exactly d's batches, in d's precision
-    assert by.loc["e", "padded_tokens"] == by.loc["d", "padded_tokens"] and by.loc["e", "steps"] == by.loc["d", "steps"]
-    assert by.loc["e", "precision"] == by.loc["d", "precision"]
+    for column in ("padded_tokens", "steps", "precision"):
+        assert by.loc["e", column] == by.loc["d", column], column
     # 64 rows at FlagPerf's 32 x 8: one (short) optimizer step everywhere
     assert (by["steps"] == 1).all()
     assert frame["model"].iloc[0] == "random-distilbert-tiny"
