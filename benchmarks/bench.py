@@ -443,7 +443,7 @@ def parse_variants(spec: str) -> list[str]:
 
 
 def add_ratios(frame: pd.DataFrame) -> None:
-    """samples/s over each reference's (a: the faster of a and a-fp32), and d's share of the bf16 matmul rate."""
+    """samples/s over each reference's (a: the faster of a and a-fp32), and real tokens/s over the faster a's."""
     speed = frame.set_index("variant")["samples_per_s"]
     flagperf = speed[speed.index.isin(["a", STRICT_FP32])]
     refs = {"x_vs_flagperf": flagperf.max() if len(flagperf) else math.nan}

@@ -17,10 +17,12 @@ import pandas as pd
 from . import reference, stats
 from .atomic import write_csv_atomic
 from .errors import KitError
+from .progress import epochs_to_target
 from .records import THROUGHPUTS, Run
 
 # Comparison-table column: summary.json key (published rows use the same keys, see reference.COLUMNS).
 SUMMARY_COLUMNS = {
+    "time_to_target_s": "time_to_target",
     "batch": "global_batch_size",
     "world_size": "world_size",
     "epochs_run": "epochs_run",
@@ -30,13 +32,22 @@ SUMMARY_COLUMNS = {
     "dev_rows": "dev_rows",
     "target_correct": "target_correct",
     "best_acc": "best_acc",
-    "time_to_target_s": "time_to_target",
     **{name: name for name in THROUGHPUTS},
     "e2e_time_s": "e2e_time",
     "peak_memory_gib": "peak_memory_gib",
 }
 INTERVAL_COLUMNS = ("final_acc_low", "final_acc_high")  # the final accuracy's 95% Wilson interval
-COMPARISON_COLUMNS = ("source", "label", "model", "device", "precision", *SUMMARY_COLUMNS, *INTERVAL_COLUMNS, "run")
+# Time to target leads: training seconds and epochs until dev accuracy first reached the target (empty: never).
+LEAD_COLUMNS = ("source", "label", "time_to_target_s", "epochs_to_target")
+COMPARISON_COLUMNS = (
+    *LEAD_COLUMNS,
+    "model",
+    "device",
+    "precision",
+    *(c for c in SUMMARY_COLUMNS if c not in LEAD_COLUMNS),
+    *INTERVAL_COLUMNS,
+    "run",
+)
 # Config keys that may differ between repeats of one configuration: the seed, and how a run was launched.
 SEED_IGNORED = ("seed", "output_dir", "resume", "overwrite")
 LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 40, np.inf)  # sentence length buckets, in words
@@ -77,6 +88,7 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             "device": r.manifest["device_name"],
             "precision": r.config["precision"],
             **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()},
+            "epochs_to_target": epochs_to_target(r.evals.to_dict("records"), r.config["target_acc"]),
             **dict(zip(INTERVAL_COLUMNS, r.summary["acc_interval"], strict=True)),
             "run": str(r.folder),
         }
@@ -98,7 +110,10 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             )
     # Whole numbers stay whole beside the published rows' gaps.
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
-        dict.fromkeys(("batch", "world_size", "epochs_run", "final_correct", "dev_rows", "target_correct"), "Int64")
+        dict.fromkeys(
+            ("epochs_to_target", "batch", "world_size", "epochs_run", "final_correct", "dev_rows", "target_correct"),
+            "Int64",
+        )
     )
 
 

@@ -32,6 +32,7 @@ def _preprocess(args) -> None:
 def _finetune(args) -> None:
     from .config import load_sweep_config
     from .engine import finetune
+    from .progress import outcome
 
     overrides = {"resume": True} if args.resume else {}
     config, seeds = load_sweep_config(args.params, args.set, **overrides)
@@ -41,9 +42,8 @@ def _finetune(args) -> None:
     if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         s = run.summary
         print(
-            f"run folder: {run.folder}\nacc {s['acc']:.4f} (best {s['best_acc']:.4f}), converged {s['converged']}, "
-            f"{s['epochs_run']} epochs, train_time {s['train_time']:.1f}s, "
-            f"throughput(ips)_no_eval {s['throughput(ips)_no_eval']}"
+            f"run folder: {run.folder}\n{outcome(s, run.config['target_acc'])}\n"
+            f"train_time {s['train_time']:.1f}s, throughput(ips)_no_eval {s['throughput(ips)_no_eval']}"
         )
 
 

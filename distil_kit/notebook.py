@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .errors import KitError
+from .progress import outcome
 
 KIT_NOTEBOOK = "finetune.ipynb"  # a folder named notebooks holding this is the kit's notebooks folder
 
@@ -269,14 +270,7 @@ class NotebookProgress(Callback):
     def on_run_end(self, trainer, summary: dict) -> None:
         if self._handle is None:
             return
-        p, cfg = trainer.progress, trainer.cfg
-        last = p.evals_rows[-1]
-        if p.converged:
-            how = f"reached the target {cfg.target_acc:g} at epoch {last['epoch']}"
-        else:
-            how = f"{p.epoch} epoch(s) run"
-        count = f" ({last['correct']}/{last['total']})" if "correct" in last else ""
-        self._show(trainer, f"finished: {how}; dev accuracy {last['accuracy']:.4f}{count}, best {p.best_acc:.4f}")
+        self._show(trainer, f"finished: {outcome(summary, trainer.cfg.target_acc)}")
         if self.plot:
             self._draw(trainer)
 

@@ -181,6 +181,33 @@ class RateWindow:
         return self.losses[index][0]
 
 
+def epochs_to_target(evals_rows: list[dict], target: float | None) -> int | None:
+    """The first epoch after which the dev count reached the target (the evaluation before training aside)."""
+    if target is None:
+        return None
+    reached = [
+        r["epoch"] for r in evals_rows if r["epoch"] > 0 and r["correct"] >= stats.correct_needed(target, r["total"])
+    ]
+    return int(reached[0]) if reached else None
+
+
+def outcome(summary: dict, target_acc: float | None) -> str:
+    """How a finished run ended, in one line, time to target first (the notebook's display and the CLI end with
+    it)."""
+    final = (
+        f"dev accuracy {summary['acc']:.4f} ({summary['acc_correct']}/{summary['dev_rows']}), "
+        f"best {summary['best_acc']:.4f}"
+    )
+    if target_acc is None:
+        return f"{summary['epochs_run']} epoch(s) run (no target); {final}"
+    if summary["time_to_target"] is None:
+        return f"did not reach {target_acc:g} in {summary['epochs_run']} epoch(s); {final}"
+    return (
+        f"reached {target_acc:g} ({summary['target_correct']}/{summary['dev_rows']}) after "
+        f"{summary['time_to_target']:.1f} s of training, at epoch {summary['epochs_to_target']}; {final}"
+    )
+
+
 def summary(
     progress: Progress,
     times: dict,
@@ -190,7 +217,9 @@ def summary(
     world_size: int,
     peak_memory_gib: float,
 ) -> dict:
-    """summary.json: FlagPerf's timers and throughputs, then the kit's own fields. ``times`` as ``Clock.times``.
+    """summary.json: time to target first (training seconds and epochs until dev accuracy first reached the
+    target; null when it never did), then FlagPerf's timers and throughputs, then the kit's own fields. ``times`` as
+    ``Clock.times``.
     The final accuracy comes with its correct count, its 95% Wilson interval and the count the target needs.
 
     FlagPerf's three times nest: train_time (the training loop, evaluations included) holds train_no_eval_time,
@@ -209,6 +238,8 @@ def summary(
     tokens_per_s = (progress.tokens - progress.compile_tokens) / no_eval if no_eval > 0 else None
     last = progress.evals_rows[-1]
     return {
+        "time_to_target": progress.time_to_target,
+        "epochs_to_target": epochs_to_target(progress.evals_rows, target_acc),
         "e2e_time": round(times["e2e"], 3),
         "train_time": round(train, 3),
         "train_no_eval_time": round(no_eval, 3),
@@ -225,7 +256,6 @@ def summary(
         "best_acc": progress.best_acc,
         "epochs_run": progress.epoch,
         "steps": progress.step,
-        "time_to_target": progress.time_to_target,
         "train_samples": progress.samples,
         "train_tokens": progress.tokens,
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,

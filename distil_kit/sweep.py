@@ -17,17 +17,18 @@ from . import records, stats
 from .atomic import write_csv_atomic, write_json_atomic
 from .config import RunConfig
 from .errors import KitError
+from .progress import epochs_to_target
 
-SEED_COLUMNS = [
+SEED_COLUMNS = [  # time to target leads
     "seed",
+    "time_to_target",
+    "epochs_to_target",
+    "converged",
     "accuracy",
     "correct",
     "total",
     "acc_low",
     "acc_high",
-    "converged",
-    "epochs_to_target",
-    "time_to_target",
     "run",
 ]
 
@@ -61,15 +62,6 @@ def run_sweep(config: RunConfig, seeds: list[int], callbacks=()) -> pd.DataFrame
     return table
 
 
-def epochs_to_target(evals: pd.DataFrame, target: float | None) -> int | None:
-    """The first epoch after which the dev count reached the target (the evaluation before training aside)."""
-    if target is None:
-        return None
-    trained = evals[evals.epoch > 0]
-    reached = trained[trained.correct >= [stats.correct_needed(target, int(n)) for n in trained.total]]
-    return int(reached.epoch.iloc[0]) if len(reached) else None
-
-
 def seed_table(runs: list[records.Run], target: float | None) -> pd.DataFrame:
     rows = []
     for run in runs:
@@ -83,7 +75,7 @@ def seed_table(runs: list[records.Run], target: float | None) -> pd.DataFrame:
                 "acc_low": s["acc_interval"][0],
                 "acc_high": s["acc_interval"][1],
                 "converged": s["converged"],
-                "epochs_to_target": epochs_to_target(run.evals, target),
+                "epochs_to_target": epochs_to_target(run.evals.to_dict("records"), target),
                 "time_to_target": s["time_to_target"],
                 "run": str(run.folder),
             }
@@ -97,17 +89,17 @@ def sweep_record(table: pd.DataFrame, target: float | None) -> dict:
     passed = stats.proportion(int(table.converged.sum()), len(table))
     epochs = table.epochs_to_target.dropna()
     times = table.time_to_target.dropna()
-    return {
+    return {  # time to target leads
         "seeds": [int(s) for s in table.seed],
         "target_acc": target,
         "target_correct": stats.correct_needed(target, int(table.total.iloc[0])) if target is not None else None,
-        "accuracy_mean": round(mean, 6),
-        "accuracy_mean_interval": [round(interval.low, 6), round(interval.high, 6)] if interval else None,
-        "accuracy_sd": round(float(np.std(table.accuracy, ddof=1)), 6) if len(table) > 1 else None,
-        "pass_rate": f"{passed.k}/{passed.n}",
-        "pass_rate_interval": [round(passed.interval.low, 4), round(passed.interval.high, 4)],
+        "time_to_target_mlperf": round(stats.mlperf_mean(times), 3) if len(times) else None,
         "epochs_to_target": {"min": int(epochs.min()), "median": float(epochs.median()), "max": int(epochs.max())}
         if len(epochs)
         else None,
-        "time_to_target_mlperf": round(stats.mlperf_mean(times), 3) if len(times) else None,
+        "pass_rate": f"{passed.k}/{passed.n}",
+        "pass_rate_interval": [round(passed.interval.low, 4), round(passed.interval.high, 4)],
+        "accuracy_mean": round(mean, 6),
+        "accuracy_mean_interval": [round(interval.low, 6), round(interval.high, 6)] if interval else None,
+        "accuracy_sd": round(float(np.std(table.accuracy, ddof=1)), 6) if len(table) > 1 else None,
     }

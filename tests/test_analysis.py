@@ -279,6 +279,12 @@ def test_comparison_table_holds_summary_values_and_published_rows(runs):
             expected = run.summary[key]
             assert row[column] == expected or (expected is None and pd.isna(row[column])), column
         assert row.device == run.manifest["device_name"] and row.precision == run.config["precision"]
+        # epochs to target: the first epoch whose dev count reached 0.91 (794 of 872), from evals.csv
+        reached = run.evals[(run.evals.epoch > 0) & (run.evals.correct >= 794)].epoch
+        assert row.epochs_to_target == reached.iloc[0] if len(reached) else pd.isna(row.epochs_to_target)
+    # time to target leads the table
+    assert list(table.columns[:4]) == ["source", "label", "time_to_target_s", "epochs_to_target"]
+    assert measured.epochs_to_target.notna().any() and measured.epochs_to_target.isna().any()
     published = table[table.source == "published"]
     assert len(published) == len(reference.ROWS)
     assert (published.device == reference.DEVICE).all() and (published.run == reference.SOURCE).all()

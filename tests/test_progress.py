@@ -9,8 +9,15 @@ from distil_kit.distributed import World
 from distil_kit.progress import Clock, Progress, RateWindow, summary
 
 
-def _eval_row(correct: int) -> dict:
-    return {"accuracy": correct / 872, "correct": correct, "total": 872, "acc_low": 0.0, "acc_high": 1.0}
+def _eval_row(correct: int, epoch: int = 0) -> dict:
+    return {
+        "epoch": epoch,
+        "accuracy": correct / 872,
+        "correct": correct,
+        "total": 872,
+        "acc_low": 0.0,
+        "acc_high": 1.0,
+    }
 
 
 def test_summary_nests_flagperf_times_and_leaves_compile_out():
@@ -24,7 +31,7 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
         best_acc=0.9,
         converged=True,
         time_to_target=33.0,
-        evals_rows=[_eval_row(436), _eval_row(785), _eval_row(767)],
+        evals_rows=[_eval_row(436, 0), _eval_row(795, 1), _eval_row(767, 2)],
     )
     # 60 s in the training loop, 10 of them compiling: train_time 50; minus 5 s of evaluation: 45; minus 3 s of
     # data loading and 2 s of checkpointing: 40 s of pure compute. 900 samples were timed (100 compiled).
@@ -42,6 +49,8 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
     assert s["compile_time"] == 10.0 and s["checkpoint_time"] == 2.0 and s["peak_memory_gib"] == 1.235
     assert (s["acc"], s["best_acc"], s["converged"], s["time_to_target"]) == (767 / 872, 0.9, True, 33.0)
     assert (s["epochs_run"], s["steps"], s["train_samples"], s["train_tokens"]) == (2, 40, 1000, 20000)
+    # time to target leads; 795 of 872 reached 0.91 (794) at epoch 1
+    assert list(s)[:2] == ["time_to_target", "epochs_to_target"] and s["epochs_to_target"] == 1
 
 
 def test_summary_of_a_run_with_no_training_time_has_no_throughput():
