@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import atomic, checkpoint, data, distributed, records, resuming
+from . import atomic, checkpoint, data, distributed, micro_batch, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import train_loader
 from .callbacks import CallbackList, default_progress
@@ -51,11 +51,34 @@ class RunInterrupted(KitError):
     """A run stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
 
 
+def _fitted_micro_batch(cfg: RunConfig, model, longest: int, device: torch.device, world) -> RunConfig:
+    """``cfg`` with the largest micro-batch that fits (``micro_batch``); graphs off when the step no longer is one
+    micro-batch (a graph replays one)."""
+    rows = micro_batch.fit(cfg, model, longest, device, world)
+    if rows == cfg.micro_batch_size:
+        return cfg
+    if world.main:
+        print(
+            f"micro_batch_size auto: {cfg.micro_batch_size} rows of up to {longest} tokens do not fit in {device}'s "
+            f"memory; training {rows} rows a micro-batch, {cfg.micro_batch_size // rows} accumulated"
+            + (" (cuda_graphs off: a graph replays a step of one micro-batch)" if cfg.cuda_graphs else "")
+        )
+    return cfg.replace(micro_batch_size=rows, cuda_graphs=False)
+
+
 class Trainer:
     """One run's model, data, optimizer, step, progress and clocks; ``finetune`` drives it."""
 
-    def __init__(self, cfg: RunConfig, world: distributed.World, device: torch.device, started: float, callbacks):
-        self.cfg, self.world, self.device = cfg, world, device
+    def __init__(
+        self,
+        cfg: RunConfig,
+        world: distributed.World,
+        device: torch.device,
+        started: float,
+        callbacks,
+        fit_micro_batch: bool = False,
+    ):
+        self.world, self.device = world, device
         self.out = Path(cfg.output_dir)
         self.callbacks = CallbackList(callbacks)
         self.tokenizer = load_tokenizer(cfg.model)
@@ -64,6 +87,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = load_classifier(cfg.model).to(device)
         check_ids_fit(self.splits, self.model)
+        if fit_micro_batch:
+            cfg = _fitted_micro_batch(cfg, self.model, int(self.splits["train"].lengths.max()), device, world)
+        self.cfg = cfg
 
         self.sampler, self.loader = train_loader(
             self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
@@ -340,6 +366,8 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
         if not world.main:
             _quiet_libraries()
         device = resolve_device(cfg.device, world)
+        # micro_batch_size null (auto) and fused on a GPU: the whole step if it fits (a resumed run keeps its own)
+        fit_micro = cfg.micro_batch_size is None and cfg.fast and device.type == "cuda"
         cfg = resolve_config(cfg, device, world.size)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
@@ -351,7 +379,8 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
             records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
             if cfg.resume:
                 distributed.on_main(world, lambda: resuming.check_data_unchanged(out, cfg.data_dir))
-            trainer = Trainer(cfg, world, device, started, [default_progress(), *callbacks])  # loads, checks inputs
+            callbacks = [default_progress(), *callbacks]
+            trainer = Trainer(cfg, world, device, started, callbacks, fit_micro)  # loads, checks inputs
             if cfg.resume:
                 state, path = checkpoint.load_latest(out / "checkpoints")
                 trainer.load_state_dict(state, path)

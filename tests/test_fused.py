@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from distil_kit import Callback, KitError, Run, RunConfig, finetune
+from distil_kit import Callback, KitError, Run, RunConfig, finetune, micro_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -86,3 +86,60 @@ def test_fast_on_a_cpu_accumulates_the_steps_rows_sorted_into_micro_batches(stil
 def test_a_micro_batch_size_must_divide_the_step():
     with pytest.raises(KitError, match=r"'micro_batch_size'=48: expected null or a divisor of .* \(256\)"):
         RunConfig.from_dict({"train_batch_size": 32, "gradient_accumulation_steps": 8, "micro_batch_size": 48})
+
+
+# --- micro_batch_size auto on a GPU: the largest part of the step that fits ---------------------------------------
+
+
+def test_auto_micro_batch_tries_the_step_then_its_halves_down_to_train_batch_size():
+    assert micro_batch.candidates(256, 32) == [256, 128, 64, 32]
+    assert micro_batch.candidates(96, 32) == [96, 48] and micro_batch.candidates(32, 32) == [32]
+
+
+def _fast_gpu_like_config(**extra) -> RunConfig:
+    """A resolved fast config as a GPU gets it (the whole step as one micro-batch, graphs on)."""
+    return RunConfig.from_dict(
+        {"train_batch_size": 32, "gradient_accumulation_steps": 8, "micro_batch_size": 256, "fast": True}
+        | {"precision": "fp32", "pad_to_multiple_of": 8, "cuda_graphs": True, **extra}
+    )
+
+
+def test_auto_micro_batch_falls_back_to_accumulation_when_the_step_does_not_fit(tiny_model, monkeypatch, capsys):
+    from distil_kit.distributed import World
+    from distil_kit.engine import _fitted_micro_batch
+    from distil_kit.modeling import load_classifier
+
+    model = load_classifier(str(tiny_model))
+    tried = []
+    real_trial = micro_batch.trial_step
+
+    def trial(model, rows, width, device, precision):
+        tried.append((rows, width))
+        if rows > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_trial(model, rows, width, device, precision)
+
+    monkeypatch.setattr(micro_batch, "trial_step", trial)
+    rng = torch.get_rng_state()
+    cfg = _fitted_micro_batch(_fast_gpu_like_config(), model, 61, torch.device("cpu"), World())
+    # widest batch the run can draw: the longest row, padded to a multiple of 8
+    assert tried == [(256, 64), (128, 64), (64, 64)]
+    assert cfg.micro_batch_size == 64 and not cfg.cuda_graphs  # 4 accumulated; a graph replays one micro-batch
+    assert "training 64 rows a micro-batch, 4 accumulated (cuda_graphs off" in capsys.readouterr().out
+    # the trial leaves the run as it found it: no gradients, the same RNG state (the run's dropout draws)
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+
+    monkeypatch.setattr(micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(KitError, match=r"'train_batch_size'=32: even 32 rows of 64 tokens do not fit"):
+        _fitted_micro_batch(_fast_gpu_like_config(), model, 61, torch.device("cpu"), World())
+
+
+def test_auto_micro_batch_keeps_the_whole_step_when_it_fits(tiny_model, capsys):
+    from distil_kit.distributed import World
+    from distil_kit.engine import _fitted_micro_batch
+    from distil_kit.modeling import load_classifier
+
+    cfg = _fitted_micro_batch(
+        _fast_gpu_like_config(), load_classifier(str(tiny_model)), 40, torch.device("cpu"), World()
+    )
+    assert cfg.micro_batch_size == 256 and cfg.cuda_graphs and capsys.readouterr().out == ""

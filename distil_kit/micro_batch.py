@@ -1,0 +1,73 @@
+"""The largest micro-batch that fits: with ``micro_batch_size`` null (auto), the fast path on a GPU trains each
+optimizer step's rows as one micro-batch; where the step's rows at the training split's longest length do not fit
+in the GPU's memory, it takes the largest half, quarter, ... of the step that does, down to ``train_batch_size``,
+and accumulates the rest (the same rows and mean loss per step: only the number of forward/backward passes
+changes).
+
+Each size is tried once before training with one forward and backward at the widest batch the run can draw, the
+AdamW state it will hold set aside; the RNG is left as it was, so a run's dropout draws do not depend on the trial.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import distributed
+from .errors import KitError
+from .step import autocast
+
+
+def candidates(step_rows: int, smallest: int) -> list[int]:
+    """The whole step, then each half that still divides it, down to ``smallest`` rows."""
+    sizes = [step_rows]
+    while sizes[-1] % 2 == 0 and sizes[-1] // 2 >= smallest:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def trial_step(model: torch.nn.Module, rows: int, width: int, device: torch.device, precision: str) -> None:
+    """One forward and backward of ``rows`` x ``width`` tokens with AdamW's two moments allocated beside them;
+    raises ``torch.OutOfMemoryError`` when they do not fit. Leaves no gradients and no RNG draws behind."""
+    params = sum(p.numel() for p in model.parameters())
+    devices = [device.index or 0] if device.type == "cuda" else []
+    held = None
+    try:
+        with torch.random.fork_rng(devices=devices):
+            held = torch.empty(2 * params, dtype=torch.float32, device=device)  # AdamW's exp_avg and exp_avg_sq
+            ids = torch.ones(rows, width, dtype=torch.long, device=device)
+            model.train()
+            with autocast(device, precision):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits.float().sum().backward()
+    finally:
+        del held
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def fit(cfg, model: torch.nn.Module, longest: int, device: torch.device, world: distributed.World) -> int:
+    """The largest of ``candidates`` whose trial step fits on every rank (they agree on the smallest)."""
+    step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    width = math.ceil(longest / cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of
+    fitting = 0
+    for rows in candidates(step_rows, cfg.train_batch_size):
+        try:
+            trial_step(model, rows, width, device, cfg.precision)
+        except torch.OutOfMemoryError:
+            continue
+        fitting = rows
+        break
+    agreed = torch.tensor([-fitting], device=device)  # the smallest over ranks, as the largest of the negatives
+    if world.distributed:
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+    fitting = -int(agreed.item())
+    if fitting == 0:
+        raise KitError(
+            f"parameter 'train_batch_size'={cfg.train_batch_size}: even {cfg.train_batch_size} rows of {width} "
+            f"tokens do not fit in {device}'s memory for a training step; lower it (and raise "
+            f"gradient_accumulation_steps to keep the global batch)"
+        )
+    return fitting
