@@ -38,21 +38,8 @@ from distil_kit.errors import KitError  # noqa: E402
 from distil_kit.resolve import resolve_device  # noqa: E402
 
 
-def verdict(paired: dict[int, stats.PairedComparison], margin: float) -> tuple[stats.Interval, bool, str]:
-    """The interval of fast - plain (points) the rule reads, whether it passes, and the sentence saying so."""
-    if len(paired) == 1:
-        (result,) = paired.values()
-        ok = compare.no_loss_beyond(result.interval, margin)
-        rule = f"a loss of more than {margin:g} point(s) is {'excluded' if ok else 'not excluded'}"
-        return result.interval, ok, f"{result.verdict('plain', 'fast')}; {'PASS' if ok else 'FAIL'} ({rule})"
-    seeds = sorted(paired)
-    differences = [paired[s].difference for s in seeds]
-    result = compare.SeedComparison(seeds, differences, *stats.mean_interval(differences))
-    return result.interval, compare.no_loss_beyond(result.interval, margin), result.verdict("plain", "fast", margin)
-
-
 def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
-    """Plain and fast runs per seed, compared row by row on the dev split; the verdict by ``verdict``."""
+    """Plain and fast runs per seed, compared row by row on the dev split; the verdict by ``compare.judged``."""
     device = resolve_device(args.device)
     fast_set, _ = common.fast_settings(args.fast_set)
     if args.threads:
@@ -90,7 +77,7 @@ def accuracy_guard(args) -> tuple[pd.DataFrame, bool]:
             paired[seed] = stats.paired_comparison(correct["plain"], correct["fast"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    interval, ok, sentence = verdict(paired, args.margin)
+    interval, ok, sentence = compare.judged(paired, "plain", "fast", args.margin)
     frame = pd.DataFrame(rows)
     frame["diff_points_fast_minus_plain"] = frame["seed"].map({s: p.difference for s, p in paired.items()})
     frame["mcnemar_p"] = frame["seed"].map({s: p.p_value for s, p in paired.items()})

@@ -2,7 +2,8 @@
 
 Two models scored on the same 872 sentences are compared row by row (their errors are correlated, so a paired
 test sees far smaller differences than two separate intervals would). Over seeds, each seed's pair gives one
-difference and the seeds give its spread. ``no_loss_beyond`` is the kit's rule for "B is as accurate as A".
+difference and the seeds give its spread. ``no_loss_beyond`` is the kit's rule for "B is as accurate as A";
+``judged`` applies it to one pair or to several seeds.
 """
 
 from __future__ import annotations
@@ -37,23 +38,35 @@ def paired(a: Run, b: Run) -> stats.PairedComparison:
 
 @dataclass(frozen=True)
 class SeedComparison:
-    """B - A in accuracy points, one difference per seed, with the mean's t interval over seeds."""
+    """B - A in accuracy points over seeds: each seed's paired comparison, and the mean difference's t interval."""
 
-    seeds: list[int]
-    differences: list[float]
-    mean: float
-    interval: stats.Interval | None
+    pairs: dict[int, stats.PairedComparison]  # seed: B vs A on that seed's runs
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.pairs)
+
+    @property
+    def differences(self) -> list[float]:
+        return [self.pairs[s].difference for s in self.seeds]
+
+    @property
+    def mean(self) -> float:
+        return stats.mean_interval(self.differences)[0]
+
+    @property
+    def interval(self) -> stats.Interval | None:
+        """None at one seed: one difference has no spread."""
+        return stats.mean_interval(self.differences)[1]
 
     def verdict(self, a: str, b: str, margin: float = MARGIN_POINTS) -> str:
-        n = len(self.seeds)
-        if self.interval is None:
+        interval = self.interval
+        if interval is None:
             return f"{b} vs {a}: {self.mean:+.2f} points at one seed: too few seeds for an interval"
-        ok = no_loss_beyond(self.interval, margin)
-        evidence = "no evidence of a difference" if not self.interval.excludes(0) else f"{b} differs"
-        rule = f"a loss of more than {margin:g} point(s) is {'excluded' if ok else 'not excluded'}"
+        evidence = "no evidence of a difference" if not interval.excludes(0) else f"{b} differs"
         return (
-            f"{b} vs {a}: {self.mean:+.2f} points on the mean over {n} seeds, 95% interval "
-            f"[{self.interval.low:+.2f}, {self.interval.high:+.2f}]: {evidence}; {'PASS' if ok else 'FAIL'} ({rule})"
+            f"{b} vs {a}: {self.mean:+.2f} points on the mean over {len(self.pairs)} seeds, 95% interval "
+            f"[{interval.low:+.2f}, {interval.high:+.2f}]: {evidence}; {rule(interval, margin)}"
         )
 
 
@@ -65,9 +78,7 @@ def paired_over_seeds(runs_a: list[Run], runs_b: list[Run]) -> SeedComparison:
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
     if not seeds:
         raise KitError(f"paired over seeds: no seed in common ({sorted(by_seed_a)} and {sorted(by_seed_b)})")
-    differences = [paired(by_seed_a[s], by_seed_b[s]).difference for s in seeds]
-    mean, interval = stats.mean_interval(differences)
-    return SeedComparison(seeds, differences, mean, interval)
+    return SeedComparison({s: paired(by_seed_a[s], by_seed_b[s]) for s in seeds})
 
 
 def no_loss_beyond(interval: stats.Interval, margin: float = MARGIN_POINTS) -> bool:
@@ -75,18 +86,30 @@ def no_loss_beyond(interval: stats.Interval, margin: float = MARGIN_POINTS) -> b
     return interval.low > -margin
 
 
+def rule(interval: stats.Interval, margin: float = MARGIN_POINTS) -> str:
+    """``no_loss_beyond`` in words: PASS or FAIL, and why."""
+    ok = no_loss_beyond(interval, margin)
+    excluded = "excluded" if ok else "not excluded"
+    return f"{'PASS' if ok else 'FAIL'} (a loss of more than {margin:g} point(s) is {excluded})"
+
+
+def judged(pairs: dict[int, stats.PairedComparison], a: str, b: str, margin: float = MARGIN_POINTS):
+    """The rule on B vs A: at one seed its paired bootstrap interval over the dev rows, over several the mean
+    difference's t interval over seeds. Returns (interval, passed, the verdict in words)."""
+    if len(pairs) == 1:
+        (result,) = pairs.values()
+        interval, sentence = result.interval, result.verdict(a, b)
+        return interval, no_loss_beyond(interval, margin), f"{sentence}; {rule(interval, margin)}"
+    over = SeedComparison(pairs)
+    return over.interval, no_loss_beyond(over.interval, margin), over.verdict(a, b, margin)
+
+
 def in_words(runs_a: list[Run], runs_b: list[Run], a: str = "A", b: str = "B") -> list[str]:
-    """The comparison of B's runs against A's in plain words, a line each: the paired difference of each pair
-    (one run a side, or one per seed), then, over several seeds, the mean difference's interval and the rule's
-    verdict (``no_loss_beyond``)."""
+    """The comparison of B's runs against A's in plain words, a line each: over several seeds each seed's paired
+    difference first; then the verdict (``judged``)."""
     if len(runs_a) == 1 and len(runs_b) == 1:
-        result = paired(runs_a[0], runs_b[0])
-        rule = "PASS" if no_loss_beyond(result.interval) else "FAIL"
-        return [
-            f"{result.verdict(a, b)}; {rule} (a loss of more than {MARGIN_POINTS:g} point(s) "
-            f"{'excluded' if rule == 'PASS' else 'not excluded'})"
-        ]
-    over = paired_over_seeds(runs_a, runs_b)
-    by_seed_a, by_seed_b = ({r.config["seed"]: r for r in runs} for runs in (runs_a, runs_b))
-    lines = [f"seed {s}: {paired(by_seed_a[s], by_seed_b[s]).verdict(a, b)}" for s in over.seeds]
-    return [*lines, over.verdict(a, b)]
+        pairs = {runs_b[0].config["seed"]: paired(runs_a[0], runs_b[0])}
+    else:
+        pairs = paired_over_seeds(runs_a, runs_b).pairs
+    lines = [f"seed {s}: {p.verdict(a, b)}" for s, p in sorted(pairs.items())] if len(pairs) > 1 else []
+    return [*lines, judged(pairs, a, b)[2]]

@@ -42,9 +42,9 @@ def torchrun_command(params_file: Path, nproc_per_node: int, seeds: list[int] | 
     ]
 
 
-def finetune_torchrun(config: RunConfig, nproc_per_node: int, seeds: list[int] | None = None) -> Run | list[Run]:
-    """``finetune(config)`` under torchrun with ``nproc_per_node`` processes on this machine; with ``seeds``, the
-    seed sweep (``sweep.run_sweep``), each seed a DDP run, and its runs."""
+def _torchrun(config: RunConfig, nproc_per_node: int, seeds: list[int] | None) -> Path:
+    """torchrun of ``python -m distil_kit finetune`` on ``config`` (and ``seeds``), its output streamed; returns the
+    output folder the ranks shared."""
     if nproc_per_node < 1:
         raise KitError(f"nproc_per_node={nproc_per_node}: expected a whole number >= 1")
     # Ranks must agree on the folder: fix the default here rather than let each rank take its own timestamp.
@@ -66,8 +66,18 @@ def finetune_torchrun(config: RunConfig, nproc_per_node: int, seeds: list[int] |
         Path(f.name).unlink(missing_ok=True)
     if code != 0:
         raise KitError(f"torchrun with {nproc_per_node} processes exited with code {code}; its output is above")
-    if seeds:
-        from .sweep import seed_folder
+    return Path(config.output_dir)
 
-        return [Run(seed_folder(config.output_dir, seed)) for seed in seeds]
-    return Run(Path(config.output_dir))
+
+def finetune_torchrun(config: RunConfig, nproc_per_node: int) -> Run:
+    """``finetune(config)`` under torchrun with ``nproc_per_node`` processes on this machine."""
+    return Run(_torchrun(config, nproc_per_node, None))
+
+
+def sweep_torchrun(config: RunConfig, nproc_per_node: int, seeds: list[int]) -> list[Run]:
+    """The seed sweep (``sweep.run_sweep``) under torchrun, each seed a DDP run of ``nproc_per_node`` processes;
+    its runs."""
+    from .sweep import seed_folder
+
+    out = _torchrun(config, nproc_per_node, seeds)
+    return [Run(seed_folder(out, seed)) for seed in seeds]

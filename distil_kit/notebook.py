@@ -443,6 +443,27 @@ def quiet_libraries():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _notebook_run(plot: bool):
+    """The live display's session around a run (or a sweep's runs): yields the stop probe; a failure other than a
+    clean stop marks the display stopped."""
+    from . import engine
+
+    session, probe = _Session(plot=plot), _StopProbe()
+    token = _session.set(session)
+    try:
+        with quiet_libraries():
+            yield probe
+    except engine.RunInterrupted:
+        raise
+    except BaseException as error:
+        if session.display is not None:
+            session.display.failed(error)
+        raise
+    finally:
+        _session.reset(token)
+
+
 def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
     """``engine.finetune(config)`` for a notebook (torchrun when ``nproc_per_node`` > 1), returning its
     ``records.Run``; ``plot``: the live loss and accuracy figure under the progress display.
@@ -455,20 +476,12 @@ def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
 
     if nproc_per_node != 1:
         return launch.finetune_torchrun(config, nproc_per_node)
-    session, probe = _Session(plot=plot), _StopProbe()
-    token = _session.set(session)
     try:
-        with quiet_libraries():
+        with _notebook_run(plot) as probe:
             return engine.finetune(config, callbacks=[probe, *callbacks])
     except engine.RunInterrupted:
         print(stop_message(probe.stop))
         return records.Run(probe.stop.folder)
-    except BaseException as error:
-        if session.display is not None:
-            session.display.failed(error)
-        raise
-    finally:
-        _session.reset(token)
 
 
 def sweep(config, seeds: list[int], nproc_per_node: int = 1, plot: bool = True, callbacks=()):
@@ -479,16 +492,12 @@ def sweep(config, seeds: list[int], nproc_per_node: int = 1, plot: bool = True, 
     from .sweep import run_sweep, seed_folder
 
     if nproc_per_node != 1:
-        return launch.finetune_torchrun(config, nproc_per_node, seeds)
-    session, probe = _Session(plot=plot), _StopProbe()
-    token = _session.set(session)
+        return launch.sweep_torchrun(config, nproc_per_node, seeds)
     try:
-        with quiet_libraries():
+        with _notebook_run(plot) as probe:
             run_sweep(config, seeds, callbacks=[probe, *callbacks])
     except engine.RunInterrupted:
         print(stop_message(probe.stop, sweep=True))
-    finally:
-        _session.reset(token)
     return [records.Run(seed_folder(config.output_dir, seed)) for seed in seeds]
 
 

@@ -228,18 +228,11 @@ def test_two_ranks_of_batch_b_track_one_rank_of_batch_2b(ddp_run, tmp_path):
 def test_ddp_resume_from_a_mid_epoch_checkpoint_continues_exactly(ddp_run, tmp_path):
     """The DDP run's folder as a kill in epoch 2 would leave it: checkpoints up to step 35 of 38 (mid-epoch,
     batch position 32 of 38), no summary. Two processes resume it to the same records and weights."""
-    from safetensors.torch import load_file
-
     run = Path(shutil.copytree(ddp_run["run"].folder, tmp_path / "run", ignore=shutil.ignore_patterns("step-38.pt")))
     (run / "summary.json").unlink()
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-35.pt"]
     _torchrun(2, "train", tmp_path, {"output_dir": str(run), "resume": True})
-    resumed, reference = Run(run), ddp_run["run"]
-    assert resumed.finished
-    assert resumed.steps[["step", "loss", "lr"]].equals(reference.steps[["step", "loss", "lr"]])
-    assert resumed.evals["accuracy"].equals(reference.evals["accuracy"])
-    ours, theirs = (load_file(r.folder / "model" / "model.safetensors") for r in (resumed, reference))
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_same_as(Run(run), ddp_run["run"])
 
 
 def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
@@ -442,3 +435,15 @@ if __name__ == "__main__":
     except KitError as e:  # as the CLI reports it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def test_a_notebook_sweep_on_two_processes_runs_each_seed_through_torchrun(still_model, sst2_dir, tmp_path, capsys):
+    """The finetune notebook's ``seeds`` with ``nproc_per_node`` 2: one torchrun of the sweep, every seed a run of
+    two processes, the sweep record beside them, the ranks' output streamed into the cell."""
+    from distil_kit import notebook
+
+    config = RunConfig.from_dict({**_train_config(still_model, sst2_dir, tmp_path / "sweep", BATCH), "epochs": 1})
+    runs = notebook.sweep(config.replace(max_train_samples=64, keep_checkpoints=False), [0, 1], nproc_per_node=2)
+    assert [r.folder.name for r in runs] == ["seed-0", "seed-1"] and all(r.finished for r in runs)
+    assert [r.summary["world_size"] for r in runs] == [2, 2] and [r.config["seed"] for r in runs] == [0, 1]
+    assert (tmp_path / "sweep" / "sweep.json").is_file() and "sweep record:" in capsys.readouterr().out
