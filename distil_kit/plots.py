@@ -360,6 +360,16 @@ def seeds_figure(runs: list[Run]) -> Figure:
         ttt = [(r.config["seed"], r.summary["time_to_target"]) for r in members]
         reached = [(seed, t) for seed, t in ttt if t is not None]
         times.scatter([t for _, t in reached], [i] * len(reached), color=color, zorder=3)
+        if not reached:  # an empty row would read as missing data
+            times.text(
+                0.5,
+                i,
+                f"none of the {len(members)} seeds reached the target",
+                transform=times.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                color=color,
+            )
         passed = stats.proportion(len(reached), len(members))
         names.append(
             f"{analysis.run_label(members[0])}: {len(members)} seeds, reached the target {passed.k}/{passed.n} "
@@ -379,6 +389,8 @@ def seeds_figure(runs: list[Run]) -> Figure:
         ylim=(-0.5, len(groups) - 0.5),
     )
     times.invert_yaxis()
+    if not any(r.summary["time_to_target"] is not None for r in runs):
+        times.set_xticks([])  # no time to show: no made-up scale
     for ax in (curves, times):
         ax.grid(alpha=0.3)
     extra = [

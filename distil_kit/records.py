@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -219,8 +219,10 @@ def write_predictions(folder: Path, frame: pd.DataFrame) -> None:
     write_csv_atomic(folder / "predictions.csv", frame[PREDICTION_COLUMNS])
 
 
+@cache
 def git_commit() -> str | None:
-    """The kit's git commit, when it runs from a checkout."""
+    """The kit's git commit, when it runs from a checkout: read once, as the kit is imported (below), so a run's
+    manifest names the code this process loaded even when the checkout moves on under a long sweep."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
@@ -229,6 +231,8 @@ def git_commit() -> str | None:
         return None
     return out.stdout.strip() or None
 
+
+git_commit()
 
 _notebook_launch: dict | None = None  # set by config.notebook_config: the notebook and parameters of the next run
 

@@ -454,3 +454,15 @@ def test_benchmark_figures_of_two_runs_on_one_machine_have_different_titles():
     assert len(results) >= 2, "expected two benchmark CSVs of one machine in tests/fixtures/"
     titles = [fig.axes[0].get_title() for fig in plots.benchmark_figures(results[:2]).values()]
     assert titles[0] != titles[1]
+
+
+def test_seeds_figure_says_when_no_seed_reached_the_target(tmp_path):
+    # skill 0.8: dev accuracy stays far below 0.91 at every seed; skill 0.95 reaches it
+    slow = [write_run(tmp_path / f"slow-{s}", seed=s, skill=0.8) for s in (0, 1, 2)]
+    fast = [write_run(tmp_path / f"fast-{s}", seed=s, skill=0.95, batch=64) for s in (0, 1)]
+    times = plots.seeds_figure(records.find_runs(slow)).axes[1]
+    assert [t.get_text() for t in times.texts] == ["none of the 3 seeds reached the target"]
+    assert not list(times.get_xticks())  # no made-up time scale
+    times = plots.seeds_figure(records.find_runs([*slow, *fast])).axes[1]
+    assert [t.get_text() for t in times.texts] == ["none of the 3 seeds reached the target"]
+    assert len(times.collections[1].get_offsets()) == 2 and len(times.get_xticks())  # the two seeds that reached it
