@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -57,11 +58,15 @@ def init_world(use_cuda: bool, timeout_s: float = 300.0) -> World:
     )
 
 
+_groups_joined = itertools.count()  # process groups this process has made (a seed sweep makes one per seed)
+
+
 def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
-    """torchrun's rendezvous store with this attempt's own keys. Under ``--max-restarts`` the elastic agent's store
-    outlives a failed attempt, and a restarted rank that read the failed attempt's addresses would connect to a
-    dead process; the prefix keeps each attempt's keys apart. The agent hosts the store where torchrun says so,
-    else rank 0 does (as ``init_process_group``'s own env:// store)."""
+    """torchrun's rendezvous store with keys of this attempt's and this process group's own. The elastic agent's
+    store outlives a failed attempt (``--max-restarts``) and each seed of a sweep's group: a rank that read an
+    earlier group's addresses would connect to a dead one or hang; the prefix keeps every group's keys apart (all
+    ranks make their groups in the same order, so their counts agree). The agent hosts the store where torchrun
+    says so, else rank 0 does (as ``init_process_group``'s own env:// store)."""
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],
@@ -70,7 +75,8 @@ def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
         is_master=not agent_hosts and rank == 0,
         timeout=timeout,
     )
-    return dist.PrefixStore(f"distil_kit/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"distil_kit/attempt_{attempt}/group_{next(_groups_joined)}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

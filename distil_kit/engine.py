@@ -40,7 +40,7 @@ from .modeling import (
 )
 from .progress import Clock, Progress, RateWindow, WindowTotals, summary
 from .recipe import make_optimizer, make_scheduler, total_optimizer_steps
-from .resolve import resolve_config, resolve_device
+from .resolve import fuses_steps, resolve_config, resolve_device
 from .step import autocast, make_step
 from .stop_signals import StopSignals
 
@@ -51,15 +51,18 @@ class RunInterrupted(KitError):
     """A run stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
 
 
-def _fitted_micro_batch(cfg: RunConfig, model, longest: int, device: torch.device, world) -> RunConfig:
-    """``cfg`` with the largest micro-batch that fits (``micro_batch``); graphs off when the step no longer is one
-    micro-batch (a graph replays one)."""
-    rows = micro_batch.fit(cfg, model, longest, device, world)
+def _fitted_micro_batch(cfg: RunConfig, model, train: data.Split, device: torch.device, world) -> RunConfig:
+    """``cfg`` with the largest micro-batch that fits (``micro_batch``) at the widest batch ``train`` can give (its
+    longest row padded as the collate pads it); graphs off when the step no longer is one micro-batch (a graph
+    replays one)."""
+    longest, multiple = int(train.lengths.max()), cfg.pad_to_multiple_of
+    width = min(train.input_ids.shape[1], -(-longest // multiple) * multiple)
+    rows = micro_batch.fit(cfg, model, width, device, world)
     if rows == cfg.micro_batch_size:
         return cfg
     if world.main:
         print(
-            f"micro_batch_size auto: {cfg.micro_batch_size} rows of up to {longest} tokens do not fit in {device}'s "
+            f"micro_batch_size auto: {cfg.micro_batch_size} rows of up to {width} tokens do not fit in {device}'s "
             f"memory; training {rows} rows a micro-batch, {cfg.micro_batch_size // rows} accumulated"
             + (" (cuda_graphs off: a graph replays a step of one micro-batch)" if cfg.cuda_graphs else "")
         )
@@ -88,7 +91,7 @@ class Trainer:
         self.model = load_classifier(cfg.model).to(device)
         check_ids_fit(self.splits, self.model)
         if fit_micro_batch:
-            cfg = _fitted_micro_batch(cfg, self.model, int(self.splits["train"].lengths.max()), device, world)
+            cfg = _fitted_micro_batch(cfg, self.model, self.splits["train"], device, world)
         self.cfg = cfg
 
         self.sampler, self.loader = train_loader(
@@ -171,9 +174,9 @@ class Trainer:
             self.sync()
             self.clock.add("compile", time.perf_counter() - t0)
             self._seen_shapes |= shapes
-        self.window.add(
-            self.progress.step, loss, sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro), compiles
-        )
+        rows, tokens = sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro)
+        padded = sum(b.input_ids.numel() for b in micro)
+        self.window.add(self.progress.step, loss, rows, tokens, padded, compiles)
 
     def stop_agreed(self, signals: StopSignals) -> bool:
         """Whether any rank was asked to stop (one collective under torchrun)."""
@@ -367,7 +370,7 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
             _quiet_libraries()
         device = resolve_device(cfg.device, world)
         # micro_batch_size null (auto) and fused on a GPU: the whole step if it fits (a resumed run keeps its own)
-        fit_micro = cfg.micro_batch_size is None and cfg.fast and device.type == "cuda"
+        fit_micro = cfg.micro_batch_size is None and fuses_steps(cfg, device)
         cfg = resolve_config(cfg, device, world.size)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)

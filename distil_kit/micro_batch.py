@@ -5,18 +5,20 @@ and accumulates the rest (the same rows and mean loss per step: only the number 
 changes).
 
 Each size is tried once before training with one forward and backward at the widest batch the run can draw, the
-AdamW state it will hold set aside; the RNG is left as it was, so a run's dropout draws do not depend on the trial.
+AdamW state it will hold (and DDP's gradient buckets) set aside; on a GPU a size whose trial peaks above
+``HEADROOM`` of the device's memory counts as not fitting, for what the trial does not hold (CUDA graph pools,
+fragmentation across batch widths). The RNG is left as it was, so a run's dropout draws do not depend on the trial.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from . import distributed
 from .errors import KitError
 from .step import autocast
+
+HEADROOM = 0.9  # the share of a GPU's memory a trial step may peak at
 
 
 def candidates(step_rows: int, smallest: int) -> list[int]:
@@ -27,43 +29,55 @@ def candidates(step_rows: int, smallest: int) -> list[int]:
     return sizes
 
 
-def trial_step(model: torch.nn.Module, rows: int, width: int, device: torch.device, precision: str) -> None:
-    """One forward and backward of ``rows`` x ``width`` tokens with AdamW's two moments allocated beside them;
-    raises ``torch.OutOfMemoryError`` when they do not fit. Leaves no gradients and no RNG draws behind."""
+def trial_step(
+    model: torch.nn.Module, rows: int, width: int, device: torch.device, precision: str, held: int
+) -> None:
+    """One forward and backward of ``rows`` x ``width`` tokens with ``held`` more parameter-sized fp32 tensors
+    allocated beside them; raises ``torch.cuda.OutOfMemoryError`` when they do not fit. Leaves no gradients and no
+    RNG draws behind."""
     params = sum(p.numel() for p in model.parameters())
     devices = [device.index or 0] if device.type == "cuda" else []
-    held = None
     try:
         with torch.random.fork_rng(devices=devices):
-            held = torch.empty(2 * params, dtype=torch.float32, device=device)  # AdamW's exp_avg and exp_avg_sq
+            state = torch.empty(held * params, dtype=torch.float32, device=device)
             ids = torch.ones(rows, width, dtype=torch.long, device=device)
             model.train()
             with autocast(device, precision):
                 logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             logits.float().sum().backward()
+            del state
     finally:
-        del held
         model.zero_grad(set_to_none=True)
+
+
+def _fits(model, rows: int, width: int, device: torch.device, precision: str, held: int) -> bool:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        trial_step(model, rows, width, device, precision, held)
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if device.type != "cuda":
+        return True
+    return torch.cuda.max_memory_allocated(device) <= HEADROOM * torch.cuda.get_device_properties(device).total_memory
 
 
-def fit(cfg, model: torch.nn.Module, longest: int, device: torch.device, world: distributed.World) -> int:
-    """The largest of ``candidates`` whose trial step fits on every rank (they agree on the smallest)."""
+def fit(cfg, model: torch.nn.Module, width: int, device: torch.device, world: distributed.World) -> int:
+    """The largest of ``candidates`` whose trial step at ``width`` tokens fits on every rank (they agree on the
+    smallest). The device's peak-memory mark is reset afterwards: the run's own peak does not include the trials."""
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    width = math.ceil(longest / cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of
-    fitting = 0
-    for rows in candidates(step_rows, cfg.train_batch_size):
-        try:
-            trial_step(model, rows, width, device, cfg.precision)
-        except torch.OutOfMemoryError:
-            continue
-        fitting = rows
-        break
+    held = 2 + world.distributed  # AdamW's exp_avg and exp_avg_sq; under DDP its gradient buckets too
+    sizes = candidates(step_rows, cfg.train_batch_size)
+    fitting = next((rows for rows in sizes if _fits(model, rows, width, device, cfg.precision, held)), 0)
     agreed = torch.tensor([-fitting], device=device)  # the smallest over ranks, as the largest of the negatives
     if world.distributed:
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
     fitting = -int(agreed.item())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if fitting == 0:
         raise KitError(
             f"parameter 'train_batch_size'={cfg.train_batch_size}: even {cfg.train_batch_size} rows of {width} "

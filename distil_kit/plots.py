@@ -164,8 +164,8 @@ def benchmark_figure(table) -> Figure:
     )
     ax.set_xlim(0, frame.samples_per_s.max() * 1.7)
     first = frame.iloc[0]
-    # CSVs written before the benchmark ran FlagPerf's global batch have no global_batch column (they ran 32)
-    batch = f", global batch {int(first.global_batch)}" if "global_batch" in frame else ""
+    # CSVs written before the benchmark ran FlagPerf's global batch have no global_batch column: they ran 32
+    batch = f", global batch {int(first.global_batch)}" if "global_batch" in frame else ", batch 32"
     ax.set(
         title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
         f"first {int(first.rows)} SST-2 training rows{batch}",

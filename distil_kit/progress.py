@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import distributed, stats
+from .errors import KitError
 
 TIMERS = ("train", "eval", "data", "compile", "checkpoint")
 
@@ -26,8 +27,10 @@ class Progress:
     step: int = 0  # optimizer steps
     samples: int = 0  # training rows, all ranks
     tokens: int = 0  # their real (unpadded) tokens
+    padded_tokens: int = 0  # the tokens the model computed: rows x batch width, padding included
     compile_samples: int = 0  # the share of samples trained in steps whose time is compile time
     compile_tokens: int = 0
+    compile_padded_tokens: int = 0
     best_acc: float = 0.0
     time_to_target: float | None = None  # training seconds when dev accuracy first reached the target
     converged: bool = False
@@ -39,6 +42,12 @@ class Progress:
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in state]
+        if missing:  # a count that restarted from 0 would be a wrong rate, not a missing one
+            raise KitError(
+                f"the checkpoint's progress has no {', '.join(missing)}: it was written by an older kit; resume it "
+                f"with the kit's commit named in the run's manifest.json (git_commit)"
+            )
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
     def record_eval(
@@ -72,8 +81,10 @@ class Progress:
         time is not in ``seconds``."""
         self.samples += window.rows
         self.tokens += window.tokens
+        self.padded_tokens += window.padded
         self.compile_samples += window.compile_rows
         self.compile_tokens += window.compile_tokens
+        self.compile_padded_tokens += window.compile_padded
         row = {
             "step": self.step,
             "epoch": self.epoch + 1,
@@ -139,8 +150,10 @@ class WindowTotals:
     losses: torch.Tensor
     rows: int
     tokens: int
+    padded: int
     compile_rows: int
     compile_tokens: int
+    compile_padded: int
     stop: bool
     checkpoint: bool = False
 
@@ -154,15 +167,17 @@ class RateWindow:
     def reset(self, start: float) -> None:
         self.start = start  # the clock's no-eval seconds when the window opened
         self.losses: list[tuple[int, torch.Tensor]] = []  # (step, its loss)
-        self.rows = self.tokens = self.compile_rows = self.compile_tokens = 0
+        self.rows = self.tokens = self.padded = self.compile_rows = self.compile_tokens = self.compile_padded = 0
 
-    def add(self, step: int, loss: torch.Tensor, rows: int, tokens: int, compiled: bool) -> None:
+    def add(self, step: int, loss: torch.Tensor, rows: int, tokens: int, padded: int, compiled: bool) -> None:
         self.losses.append((step, loss))
         self.rows += rows
         self.tokens += tokens
+        self.padded += padded
         if compiled:
             self.compile_rows += rows
             self.compile_tokens += tokens
+            self.compile_padded += padded
 
     def __bool__(self) -> bool:
         return bool(self.losses)
@@ -171,11 +186,14 @@ class RateWindow:
         """Sum over ranks in one collective, the stop and checkpoint requests with it (every rank then decides
         alike); the host sync of the losses."""
         losses = torch.stack([loss for _, loss in self.losses]).float()
-        counts = [self.rows, self.tokens, self.compile_rows, self.compile_tokens]
-        extra = torch.tensor([*counts, float(stop_requested), float(checkpoint_due)], device=losses.device)
-        packed = distributed.all_reduce_sum(torch.cat([losses, extra]), world).cpu()
-        rows, tokens, compile_rows, compile_tokens, stop, due = (int(v) for v in packed[-6:])
-        return WindowTotals(packed[:-6] / world.size, rows, tokens, compile_rows, compile_tokens, stop > 0, due > 0)
+        counts = [self.rows, self.tokens, self.padded, self.compile_rows, self.compile_tokens, self.compile_padded]
+        # float64: token counts of a long window pass float32's exact integers (2**24)
+        extra = torch.tensor(
+            [*counts, float(stop_requested), float(checkpoint_due)], dtype=torch.float64, device=losses.device
+        )
+        packed = distributed.all_reduce_sum(torch.cat([losses.double(), extra]), world).cpu()
+        *sums, stop, due = (int(v) for v in packed[-8:])
+        return WindowTotals(packed[:-8].float() / world.size, *sums, stop > 0, due > 0)
 
     def step_of(self, index: int) -> int:
         return self.losses[index][0]
@@ -236,6 +254,7 @@ def summary(
         return round(timed_samples / seconds, 2) if seconds > 0 else None
 
     tokens_per_s = (progress.tokens - progress.compile_tokens) / no_eval if no_eval > 0 else None
+    padded_per_s = (progress.padded_tokens - progress.compile_padded_tokens) / no_eval if no_eval > 0 else None
     last = progress.evals_rows[-1]
     return {
         "time_to_target": progress.time_to_target,
@@ -259,6 +278,8 @@ def summary(
         "train_samples": progress.samples,
         "train_tokens": progress.tokens,
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
+        "train_padded_tokens": progress.padded_tokens,
+        "padded_tokens_per_s": round(padded_per_s, 1) if padded_per_s is not None else None,
         "peak_memory_gib": round(peak_memory_gib, 3),
         "compile_time": round(times["compile"], 3),
         "checkpoint_time": round(times["checkpoint"], 3),

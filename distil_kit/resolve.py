@@ -33,6 +33,11 @@ def fast_precision(device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
+def fuses_steps(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether ``micro_batch_size`` null means the whole step: the fast path on a GPU (see ``resolve_config``)."""
+    return cfg.fast and device.type == "cuda"
+
+
 def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
     """Fill every run-time default (model, output folder, micro-batch size, the fast switches, precision) so
     config.json is whole."""
@@ -46,8 +51,7 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
     # micro-batch pads every row of the step to its longest: there the step's rows, sorted by length into
     # micro-batches of train_batch_size (bucket_batches), train faster.
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    fused = cfg.fast and device.type == "cuda"
-    micro = cfg.micro_batch_size or (step_rows if fused else cfg.train_batch_size)
+    micro = cfg.micro_batch_size or (step_rows if fuses_steps(cfg, device) else cfg.train_batch_size)
     accumulation = step_rows // micro
     graphs_fit = graphed_step.graphs_fit(device, world_size, accumulation, precision, cfg.num_workers)
     resolved = cfg.replace(

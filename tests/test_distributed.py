@@ -410,6 +410,18 @@ def _harness_train(out: Path, config: dict) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "writes": writes, "no_sync": no_sync[0]}))
 
 
+def test_a_notebook_sweep_on_two_processes_runs_each_seed_through_torchrun(still_model, sst2_dir, tmp_path, capsys):
+    """The finetune notebook's ``seeds`` with ``nproc_per_node`` 2: one torchrun of the sweep, every seed a run of
+    two processes, the sweep record beside them, the ranks' output streamed into the cell."""
+    from distil_kit import notebook
+
+    config = RunConfig.from_dict({**_train_config(still_model, sst2_dir, tmp_path / "sweep", BATCH), "epochs": 1})
+    runs = notebook.sweep(config.replace(max_train_samples=64, keep_checkpoints=False), [0, 1], nproc_per_node=2)
+    assert [r.folder.name for r in runs] == ["seed-0", "seed-1"] and all(r.finished for r in runs)
+    assert [r.summary["world_size"] for r in runs] == [2, 2] and [r.config["seed"] for r in runs] == [0, 1]
+    assert (tmp_path / "sweep" / "sweep.json").is_file() and "sweep record:" in capsys.readouterr().out
+
+
 class Fault(Callback):
     """``FAULT=SIGNAL@STEP`` (e.g. ``SIGKILL@10``): rank 1 sends itself the signal once step STEP is logged, in
     torchrun's first attempt only (a restarted attempt runs clean)."""
@@ -435,15 +447,3 @@ if __name__ == "__main__":
     except KitError as e:  # as the CLI reports it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def test_a_notebook_sweep_on_two_processes_runs_each_seed_through_torchrun(still_model, sst2_dir, tmp_path, capsys):
-    """The finetune notebook's ``seeds`` with ``nproc_per_node`` 2: one torchrun of the sweep, every seed a run of
-    two processes, the sweep record beside them, the ranks' output streamed into the cell."""
-    from distil_kit import notebook
-
-    config = RunConfig.from_dict({**_train_config(still_model, sst2_dir, tmp_path / "sweep", BATCH), "epochs": 1})
-    runs = notebook.sweep(config.replace(max_train_samples=64, keep_checkpoints=False), [0, 1], nproc_per_node=2)
-    assert [r.folder.name for r in runs] == ["seed-0", "seed-1"] and all(r.finished for r in runs)
-    assert [r.summary["world_size"] for r in runs] == [2, 2] and [r.config["seed"] for r in runs] == [0, 1]
-    assert (tmp_path / "sweep" / "sweep.json").is_file() and "sweep record:" in capsys.readouterr().out

@@ -464,25 +464,18 @@ def test_finetune_notebook_smoke_run(tiny_model, sst2_dir, tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_path):
-    """Real pretrained weights (all-MiniLM-L6-v2, not DistilBERT) on 2,000 SST-2 rows for one epoch on the fast
-    path (params/smoke.yaml's run; the plain path's arithmetic is the tiny models' tests').
+    """Real pretrained weights (all-MiniLM-L6-v2, not DistilBERT): params/smoke.yaml's run (2,000 SST-2 rows, one
+    epoch, the fast path; the plain path's arithmetic is the tiny models' tests').
 
     On a 2-core CPU this reaches about 0.77 dev accuracy; the dev majority baseline is 0.509 (444 of 872 are
     positive), so 0.70 (611 correct) leaves room for thread-count and library-version noise but not for a broken
     recipe.
     """
-    run = finetune(
-        RunConfig(
-            model=str(minilm_dir),
-            data_dir=str(sst2_dir),
-            output_dir=str(tmp_path / "m"),
-            epochs=1,
-            max_train_samples=2000,
-            fast=True,
-            target_acc=None,
-            save_model=False,
-        )
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "params" / "smoke.yaml", model=str(minilm_dir), data_dir=str(sst2_dir)
     )
+    run = finetune(config.replace(output_dir=str(tmp_path / "m")))
+    assert run.config["max_train_samples"] == 2000 and run.config["fast"] and run.config["epochs"] == 1
     assert run.summary["acc_correct"] >= 611 and run.summary["dev_rows"] == 872
 
 

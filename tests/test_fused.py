@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distil_kit import Callback, KitError, Run, RunConfig, finetune, micro_batch
+from distil_kit.data import Split
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -104,6 +105,13 @@ def _fast_gpu_like_config(**extra) -> RunConfig:
     )
 
 
+def _split(lengths: list[int], width: int) -> Split:
+    """A tokenized split of rows with these real lengths, padded to ``width``."""
+    mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    n = len(lengths)
+    return Split(np.arange(n), np.array(["x"] * n), np.zeros(n, dtype=np.int64), mask * 1000, mask)
+
+
 def test_auto_micro_batch_falls_back_to_accumulation_when_the_step_does_not_fit(tiny_model, monkeypatch, capsys):
     from distil_kit.distributed import World
     from distil_kit.engine import _fitted_micro_batch
@@ -113,25 +121,31 @@ def test_auto_micro_batch_falls_back_to_accumulation_when_the_step_does_not_fit(
     tried = []
     real_trial = micro_batch.trial_step
 
-    def trial(model, rows, width, device, precision):
-        tried.append((rows, width))
+    def trial(model, rows, width, device, precision, held):
+        tried.append((rows, width, held))
         if rows > 64:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        real_trial(model, rows, width, device, precision)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_trial(model, rows, width, device, precision, held)
 
     monkeypatch.setattr(micro_batch, "trial_step", trial)
     rng = torch.get_rng_state()
-    cfg = _fitted_micro_batch(_fast_gpu_like_config(), model, 61, torch.device("cpu"), World())
-    # widest batch the run can draw: the longest row, padded to a multiple of 8
-    assert tried == [(256, 64), (128, 64), (64, 64)]
+    cfg = _fitted_micro_batch(_fast_gpu_like_config(), model, _split([12, 61, 30], 128), torch.device("cpu"), World())
+    # the widest batch the run can draw: the longest row, padded to a multiple of 8; AdamW's two moments held
+    assert tried == [(256, 64, 2), (128, 64, 2), (64, 64, 2)]
     assert cfg.micro_batch_size == 64 and not cfg.cuda_graphs  # 4 accumulated; a graph replays one micro-batch
     assert "training 64 rows a micro-batch, 4 accumulated (cuda_graphs off" in capsys.readouterr().out
     # the trial leaves the run as it found it: no gradients, the same RNG state (the run's dropout draws)
     assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+    # never wider than the split's rows: the collate cuts the width there too
+    tried.clear()
+    _fitted_micro_batch(
+        _fast_gpu_like_config(pad_to_multiple_of=48), model, _split([61], 64), torch.device("cpu"), World()
+    )
+    assert {width for _, width, _ in tried} == {64}
 
-    monkeypatch.setattr(micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    monkeypatch.setattr(micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()))
     with pytest.raises(KitError, match=r"'train_batch_size'=32: even 32 rows of 64 tokens do not fit"):
-        _fitted_micro_batch(_fast_gpu_like_config(), model, 61, torch.device("cpu"), World())
+        _fitted_micro_batch(_fast_gpu_like_config(), model, _split([61], 128), torch.device("cpu"), World())
 
 
 def test_auto_micro_batch_keeps_the_whole_step_when_it_fits(tiny_model, capsys):
@@ -139,7 +153,6 @@ def test_auto_micro_batch_keeps_the_whole_step_when_it_fits(tiny_model, capsys):
     from distil_kit.engine import _fitted_micro_batch
     from distil_kit.modeling import load_classifier
 
-    cfg = _fitted_micro_batch(
-        _fast_gpu_like_config(), load_classifier(str(tiny_model)), 40, torch.device("cpu"), World()
-    )
+    model, split = load_classifier(str(tiny_model)), _split([40, 7], 64)
+    cfg = _fitted_micro_batch(_fast_gpu_like_config(), model, split, torch.device("cpu"), World())
     assert cfg.micro_batch_size == 256 and cfg.cuda_graphs and capsys.readouterr().out == ""

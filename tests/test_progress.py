@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distil_kit.distributed import World
+from distil_kit.errors import KitError
 from distil_kit.progress import Clock, Progress, RateWindow, summary
 
 
@@ -26,8 +27,10 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
         step=40,
         samples=1000,
         tokens=20000,
+        padded_tokens=30000,
         compile_samples=100,
         compile_tokens=1000,
+        compile_padded_tokens=1500,
         best_acc=0.9,
         converged=True,
         time_to_target=33.0,
@@ -46,6 +49,7 @@ def test_summary_nests_flagperf_times_and_leaves_compile_out():
     assert s["throughput(ips)_raw"] == 18.0 and s["throughput(ips)_no_eval"] == 20.0
     assert s["throughput(ips)_pure_compute"] == 22.5
     assert s["tokens_per_s"] == 422.2  # (20000 - 1000) / 45
+    assert s["padded_tokens_per_s"] == 633.3 and s["train_padded_tokens"] == 30000  # (30000 - 1500) / 45
     assert s["compile_time"] == 10.0 and s["checkpoint_time"] == 2.0 and s["peak_memory_gib"] == 1.235
     assert (s["acc"], s["best_acc"], s["converged"], s["time_to_target"]) == (767 / 872, 0.9, True, 33.0)
     assert (s["epochs_run"], s["steps"], s["train_samples"], s["train_tokens"]) == (2, 40, 1000, 20000)
@@ -125,20 +129,22 @@ def test_summary_gives_the_final_count_its_interval_and_the_count_the_target_nee
 
 def test_window_rates_leave_the_compiling_steps_rows_out():
     window = RateWindow(start=2.0)
-    window.add(1, torch.tensor(0.7), rows=64, tokens=800, compiled=True)
-    window.add(2, torch.tensor(0.3), rows=32, tokens=400, compiled=False)
+    window.add(1, torch.tensor(0.7), rows=64, tokens=800, padded=1024, compiled=True)
+    window.add(2, torch.tensor(0.3), rows=32, tokens=400, padded=512, compiled=False)
     totals = window.reduce(World(), stop_requested=False)
     assert totals.losses.tolist() == pytest.approx([0.7, 0.3])
-    assert (totals.rows, totals.tokens, totals.compile_rows, totals.compile_tokens, totals.stop) == (
+    assert (totals.rows, totals.tokens, totals.padded, totals.compile_rows, totals.compile_tokens) == (
         96,
         1200,
+        1536,
         64,
         800,
-        False,
     )
+    assert (totals.compile_padded, totals.stop) == (1024, False)
     assert window.step_of(1) == 2
     p = Progress(step=2)
     row = p.record_window(totals, lr=1e-5, now=4.0, seconds=4.0 - window.start)
+    assert (p.padded_tokens, p.compile_padded_tokens) == (1536, 1024)
     assert row == {
         "step": 2,
         "epoch": 1,
@@ -151,5 +157,12 @@ def test_window_rates_leave_the_compiling_steps_rows_out():
     assert (p.samples, p.tokens, p.compile_samples, p.compile_tokens) == (96, 1200, 64, 800)
     window.reset(4.0)
     assert not window and window.rows == window.compile_rows == 0
-    window.add(3, torch.tensor(0.1), rows=8, tokens=80, compiled=False)
+    window.add(3, torch.tensor(0.1), rows=8, tokens=80, padded=96, compiled=False)
     assert window.reduce(World(), stop_requested=True).stop
+
+
+def test_a_checkpoint_without_a_count_this_kit_keeps_is_refused_not_restarted_from_zero():
+    state = Progress(step=3).state_dict()
+    del state["padded_tokens"]
+    with pytest.raises(KitError, match=r"progress has no padded_tokens: it was written by an older kit"):
+        Progress.from_state(state)
