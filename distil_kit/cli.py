@@ -35,9 +35,9 @@ def _finetune(args) -> None:
     from .progress import outcome
 
     overrides = {"resume": True} if args.resume else {}
-    config, seeds = load_sweep_config(args.params, args.set, **overrides)
-    if args.seeds or seeds:  # --seeds wins over the file's seeds
-        return _sweep(config, args.seeds or seeds)
+    config, seeds, concurrent = load_sweep_config(args.params, args.set, **overrides)
+    if args.seeds or seeds:  # --seeds and --concurrent win over the file's
+        return _sweep(config, args.seeds or seeds, args.concurrent or concurrent)
     run = finetune(config)
     if run.finished and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         s = run.summary
@@ -47,10 +47,10 @@ def _finetune(args) -> None:
         )
 
 
-def _sweep(config, seeds: list[int]) -> None:
+def _sweep(config, seeds: list[int], concurrent: int) -> None:
     from .sweep import run_sweep
 
-    table = run_sweep(config, seeds)
+    table = run_sweep(config, seeds, concurrent=concurrent)
     if os.environ.get("RANK", "0") == "0":
         print(table.drop(columns="run").to_string(index=False))
         print(f"sweep record: {os.path.join(config.output_dir, 'sweep.json')}")
@@ -143,6 +143,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="S,S,...",
         help="a seed sweep: one run per seed into <output_dir>/seed-<s>/ and the sweep's record (sweep.json, "
         "sweep.csv) beside them; the same command continues a stopped sweep",
+    )
+    s.add_argument(
+        "--concurrent",
+        type=int,
+        metavar="N",
+        help="with --seeds: train N seeds at the same time, each in a process of its own sharing the device "
+        "(default: the params file's concurrent, else 1)",
     )
     s.set_defaults(func=_finetune)
 

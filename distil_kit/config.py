@@ -246,9 +246,12 @@ def load_config(params_file=None, sets: list[str] | None = None, **overrides) ->
     return load_sweep_config(params_file, sets, **overrides)[0]
 
 
-def load_sweep_config(params_file=None, sets: list[str] | None = None, **overrides) -> tuple[RunConfig, list | None]:
-    """``load_config``, and the sweep's ``seeds`` where the file or a ``--set`` names them (``seeds: [0, 1, 2]``,
-    a list of distinct whole numbers; a sweep's parameter, not one run's), else None."""
+def load_sweep_config(
+    params_file=None, sets: list[str] | None = None, **overrides
+) -> tuple[RunConfig, list | None, int]:
+    """``load_config``, and the sweep's own parameters where the file or a ``--set`` names them (a sweep's, not one
+    run's): ``seeds`` (``seeds: [0, 1, 2]``, distinct whole numbers >= 0; else None) and ``concurrent`` (how many
+    seeds train at once; 1 unless given)."""
     values = read_yaml(params_file) if params_file else {}
     source = str(params_file) if params_file else "parameters"
     values.update(parse_sets(sets or []))
@@ -261,7 +264,10 @@ def load_sweep_config(params_file=None, sets: list[str] | None = None, **overrid
         and len(set(seeds)) == len(seeds)
     ):
         raise KitError(f"{source}: parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
-    return RunConfig.from_dict(values, source=source), seeds
+    concurrent = values.pop("concurrent", 1)
+    if type(concurrent) is not int or concurrent < 1:
+        raise KitError(f"{source}: parameter 'concurrent'={concurrent!r}: expected a whole number >= 1")
+    return RunConfig.from_dict(values, source=source), seeds, concurrent
 
 
 # Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.

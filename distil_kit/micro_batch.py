@@ -4,8 +4,9 @@ in the GPU's memory, it takes the largest half, quarter, ... of the step that do
 and accumulates the rest (the same rows and mean loss per step: only the number of forward/backward passes
 changes).
 
-Each size is tried once before training with one forward and backward at the widest batch the run can draw, the
-AdamW state it will hold (and DDP's gradient buckets) set aside; on a GPU a size whose trial peaks above
+Each size is tried once before training with one forward and backward at the widest batch the run can draw (with
+padding in its mask, as training batches have), the AdamW state it will hold (DDP's gradient buckets, the state copy
+a CUDA graph capture holds) set aside; on a GPU a size whose trial peaks above
 ``HEADROOM`` of the device's memory counts as not fitting, for what the trial does not hold (CUDA graph pools,
 fragmentation across batch widths). The RNG is left as it was, so a run's dropout draws do not depend on the trial.
 """
@@ -41,9 +42,11 @@ def trial_step(
         with torch.random.fork_rng(devices=devices):
             state = torch.empty(held * params, dtype=torch.float32, device=device)
             ids = torch.ones(rows, width, dtype=torch.long, device=device)
+            mask = torch.ones_like(ids)
+            mask[-1, -1] = 0  # padding, as training batches have: the masked attention kernels, not the unmasked
             model.train()
             with autocast(device, precision):
-                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                logits = model(input_ids=ids, attention_mask=mask).logits
             logits.float().sum().backward()
             del state
     finally:
@@ -57,6 +60,10 @@ def _fits(model, rows: int, width: int, device: torch.device, precision: str, he
         trial_step(model, rows, width, device, precision, held)
     except torch.cuda.OutOfMemoryError:
         return False
+    except RuntimeError as e:  # cuBLAS and cuDNN report a failed workspace allocation as their own error
+        if "ALLOC_FAILED" in str(e) or "out of memory" in str(e):
+            return False
+        raise
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -69,7 +76,9 @@ def fit(cfg, model: torch.nn.Module, width: int, device: torch.device, world: di
     """The largest of ``candidates`` whose trial step at ``width`` tokens fits on every rank (they agree on the
     smallest). The device's peak-memory mark is reset afterwards: the run's own peak does not include the trials."""
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    held = 2 + world.distributed  # AdamW's exp_avg and exp_avg_sq; under DDP its gradient buckets too
+    # AdamW's exp_avg and exp_avg_sq; under DDP its gradient buckets; with CUDA graphs the copy of the weights and
+    # both moments held while a shape is captured (graphed_step)
+    held = 2 + world.distributed + 3 * bool(cfg.cuda_graphs)
     sizes = candidates(step_rows, cfg.train_batch_size)
     fitting = next((rows for rows in sizes if _fits(model, rows, width, device, cfg.precision, held)), 0)
     agreed = torch.tensor([-fitting], device=device)  # the smallest over ranks, as the largest of the negatives

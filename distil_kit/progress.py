@@ -283,6 +283,7 @@ def summary(
         "peak_memory_gib": round(peak_memory_gib, 3),
         "compile_time": round(times["compile"], 3),
         "checkpoint_time": round(times["checkpoint"], 3),
+        "data_time": round(times["data"], 3),
         "global_batch_size": global_batch_size,
         "world_size": world_size,
         "status": "finished",

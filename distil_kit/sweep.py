@@ -37,29 +37,100 @@ def seed_folder(output_dir: str | Path, seed: int) -> Path:
     return Path(output_dir) / f"seed-{seed}"
 
 
-def run_sweep(config: RunConfig, seeds: list[int], callbacks=()) -> pd.DataFrame:
-    """Train ``config`` once per seed (in order, each a whole run, under torchrun a DDP run) and write
-    ``sweep.csv`` and ``sweep.json`` into ``config.output_dir``; returns the per-seed table."""
+def run_sweep(config: RunConfig, seeds: list[int], callbacks=(), concurrent: int = 1) -> pd.DataFrame:
+    """Train ``config`` once per seed (each a whole run, under torchrun a DDP run) and write ``sweep.csv`` and
+    ``sweep.json`` into ``config.output_dir``; returns the per-seed table.
+
+    ``concurrent`` > 1 trains that many seeds at the same time, each in a process of its own sharing the device
+    (``concurrent_seeds``); one at a time otherwise, in this process, with ``callbacks``."""
     from .engine import finetune
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise KitError(f"parameter 'seeds'={seeds!r}: expected distinct whole numbers, at least one")
+    if type(concurrent) is not int or concurrent < 1:
+        raise KitError(f"parameter 'concurrent'={concurrent!r}: expected a whole number >= 1 (seeds trained at once)")
     if not config.output_dir:
         raise KitError("parameter 'output_dir': a sweep needs a folder to hold its seed-<s>/ runs")
-    runs = []
+    todo = {}  # seed: its run's config, for the seeds not finished yet
     for seed in seeds:
         folder = seed_folder(config.output_dir, seed)
         state = records.run_state(folder)
         if state != "finished" or config.overwrite:
             resume = state == "unfinished" and not config.overwrite
-            finetune(config.replace(seed=seed, output_dir=str(folder), resume=resume), callbacks=callbacks)
-        runs.append(records.Run.read(folder))
+            todo[seed] = config.replace(seed=seed, output_dir=str(folder), resume=resume)
+    if concurrent > 1 and len(todo) > 1:
+        if callbacks:
+            raise KitError(f"parameter 'concurrent'={concurrent}: seeds trained at once take no callbacks")
+        concurrent_seeds(list(todo.values()), concurrent)
+    else:
+        for seed_config in todo.values():
+            finetune(seed_config, callbacks=callbacks)
+    runs = [records.Run.read(seed_folder(config.output_dir, seed)) for seed in seeds]
     table = seed_table(runs, config.target_acc)
     record = sweep_record(table, config.target_acc)
     out = Path(config.output_dir)
     write_csv_atomic(out / "sweep.csv", table)
     write_json_atomic(out / "sweep.json", record)
     return table
+
+
+def seed_log(run_folder: str | Path) -> Path:
+    """Where a seed trained beside others writes its output: ``<output_dir>/logs/seed-<s>.log`` (beside the run
+    folders, not in them: a run folder holds what docs/run-folder.md lists)."""
+    run_folder = Path(run_folder)
+    return run_folder.parent / "logs" / f"{run_folder.name}.log"
+
+
+def concurrent_seeds(configs: list[RunConfig], concurrent: int) -> None:
+    """Train ``configs`` (one seed's run each) ``concurrent`` at a time, each in a spawned process of its own (a
+    CUDA context each; on a CPU the threads shared out), its output in ``seed_log``; a line per finished seed. The
+    first error is raised once every started seed has ended (the others' runs are whole, or resumable)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // concurrent)
+    print(
+        f"training {len(configs)} seeds, {concurrent} at a time; each seed's output goes to "
+        f"{seed_log(configs[0].output_dir).parent}/"
+    )
+    errors = []
+    spawn = multiprocessing.get_context("spawn")  # fork would copy this process's CUDA and thread state
+    with ProcessPoolExecutor(max_workers=concurrent, mp_context=spawn) as pool:
+        jobs = {pool.submit(_train_seed, c.to_dict(), threads): c for c in configs}
+        for job in as_completed(jobs):
+            cfg = jobs[job]
+            try:
+                print(f"seed {cfg.seed}: {job.result()}")
+            except Exception as e:  # the seed's own error (KitError, RunInterrupted) as the engine raised it
+                print(f"seed {cfg.seed}: {e}")
+                errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+def _train_seed(values: dict, threads: int) -> str:
+    """One seed's run in a process of its own, output to its log; its outcome in one line."""
+    import os
+    import sys
+
+    import torch
+
+    from .engine import finetune
+    from .progress import outcome
+
+    cfg = RunConfig.from_dict(values)
+    path = seed_log(cfg.output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a")  # the process's output until it ends
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log.fileno(), 1)  # C-level output (torch's warnings, NCCL) too
+    os.dup2(log.fileno(), 2)
+    torch.set_num_threads(threads)
+    run = finetune(cfg)
+    return f"{outcome(run.summary, cfg.target_acc)} ({run.folder})"
 
 
 def seed_table(runs: list[records.Run], target: float | None) -> pd.DataFrame:

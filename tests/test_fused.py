@@ -130,8 +130,9 @@ def test_auto_micro_batch_falls_back_to_accumulation_when_the_step_does_not_fit(
     monkeypatch.setattr(micro_batch, "trial_step", trial)
     rng = torch.get_rng_state()
     cfg = _fitted_micro_batch(_fast_gpu_like_config(), model, _split([12, 61, 30], 128), torch.device("cpu"), World())
-    # the widest batch the run can draw: the longest row, padded to a multiple of 8; AdamW's two moments held
-    assert tried == [(256, 64, 2), (128, 64, 2), (64, 64, 2)]
+    # the widest batch the run can draw: the longest row, padded to a multiple of 8; AdamW's two moments held, and
+    # the copy of weights and moments a graph capture holds
+    assert tried == [(256, 64, 5), (128, 64, 5), (64, 64, 5)]
     assert cfg.micro_batch_size == 64 and not cfg.cuda_graphs  # 4 accumulated; a graph replays one micro-batch
     assert "training 64 rows a micro-batch, 4 accumulated (cuda_graphs off" in capsys.readouterr().out
     # the trial leaves the run as it found it: no gradients, the same RNG state (the run's dropout draws)
@@ -145,6 +146,16 @@ def test_auto_micro_batch_falls_back_to_accumulation_when_the_step_does_not_fit(
 
     monkeypatch.setattr(micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError()))
     with pytest.raises(KitError, match=r"'train_batch_size'=32: even 32 rows of 64 tokens do not fit"):
+        _fitted_micro_batch(_fast_gpu_like_config(), model, _split([61], 128), torch.device("cpu"), World())
+    # cuBLAS's failed workspace allocation is out of memory too; another error is the run's
+    cublas = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    monkeypatch.setattr(micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(cublas))
+    with pytest.raises(KitError, match=r"even 32 rows of 64 tokens do not fit"):
+        _fitted_micro_batch(_fast_gpu_like_config(), model, _split([61], 128), torch.device("cpu"), World())
+    monkeypatch.setattr(
+        micro_batch, "trial_step", lambda *a: (_ for _ in ()).throw(RuntimeError("device-side assert"))
+    )
+    with pytest.raises(RuntimeError, match="device-side assert"):
         _fitted_micro_batch(_fast_gpu_like_config(), model, _split([61], 128), torch.device("cpu"), World())
 
 

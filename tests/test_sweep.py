@@ -93,6 +93,28 @@ def test_a_stopped_sweep_continues_where_it_stopped(config, whole, tmp_path, cap
     assert table[["seed", "correct", "converged"]].equals(whole[1][["seed", "correct", "converged"]])
 
 
+def test_seeds_trained_at_once_end_as_one_at_a_time(config, whole, tmp_path, capsys):
+    out = tmp_path / "at-once"
+    table = sweep.run_sweep(config.replace(output_dir=str(out)), SEEDS, concurrent=2)
+    printed = capsys.readouterr().out
+    assert "training 3 seeds, 2 at a time" in printed
+    assert all(f"seed {s}: " in printed for s in SEEDS)
+    # one thread per process, as the sequential sweep (one_thread): the same runs to the last bit
+    assert table.drop(columns="run").equals(whole[1].drop(columns="run"))
+    for seed in SEEDS:
+        assert "optimizer steps" in (out / "logs" / f"seed-{seed}.log").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "seed-0", "seed-1", "seed-2", "sweep.csv", "sweep.json"]
+
+
+def test_seeds_at_once_refuse_bad_counts_and_callbacks(config, tmp_path):
+    cfg = config.replace(output_dir=str(tmp_path / "s"))
+    with pytest.raises(KitError, match=r"parameter 'concurrent'=0: expected a whole number >= 1"):
+        sweep.run_sweep(cfg, SEEDS, concurrent=0)
+    with pytest.raises(KitError, match=r"parameter 'concurrent'=2: seeds trained at once take no callbacks"):
+        sweep.run_sweep(cfg, SEEDS, concurrent=2, callbacks=[Callback()])
+    assert not (tmp_path / "s").exists()
+
+
 def test_seeds_must_be_distinct(config, tmp_path):
     with pytest.raises(sweep.KitError, match=r"parameter 'seeds'=\[1, 1\]: expected distinct whole numbers"):
         sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [1, 1])
@@ -133,13 +155,18 @@ def test_a_killed_cli_sweep_continues_to_the_same_record(config, whole, tmp_path
 def test_seeds_from_a_params_file_or_a_set(tmp_path):
     from distil_kit.config import load_sweep_config
 
-    config, seeds = load_sweep_config(ROOT / "params" / "fast_sweep.yaml")
+    config, seeds, _ = load_sweep_config(ROOT / "params" / "fast_sweep.yaml")
     assert seeds == [0, 1, 2, 3, 4] and config.fast and config.epochs == 1
     assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml", ["seeds=[7, 8]"])[1] == [7, 8]
     assert load_sweep_config(ROOT / "params" / "fast.yaml")[1] is None
     for bad in ("[1, 1]", "[]", "3", "[-1]", "[0.5]"):
         with pytest.raises(KitError, match=r"parameter 'seeds'=.*: expected a list of distinct whole numbers >= 0"):
             load_sweep_config(None, [f"seeds={bad}"])
+    assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml")[2] == 1
+    assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml", ["concurrent=5"])[2] == 5
+    for bad in ("0", "2.5", "two"):
+        with pytest.raises(KitError, match=r"parameters: parameter 'concurrent'=.*: expected a whole number >= 1"):
+            load_sweep_config(None, [f"concurrent={bad}"])
 
 
 def test_every_params_file_loads():
