@@ -71,7 +71,7 @@ if ((DRY)); then
 else
     LIMITS=(env=30 model=60 pytest=180 ten=140 bench=150 seeds=130 summary=30)
     BASE=--base DEVICE=cuda SIZE=()
-    BENCH=(--rows 8192 --flagperf-rows 1024 --dev-rows 128) SEEDS=0,1,2,3,4 AT_ONCE=5 SEED_SIZE=()
+    BENCH=(--rows 32768 --flagperf-rows 2048 --dev-rows 128) SEEDS=0,1,2,3,4 AT_ONCE=5 SEED_SIZE=()
 fi
 limit() { for kv in "${LIMITS[@]}"; do [[ ${kv%%=*} == "$1" ]] && echo "${kv#*=}"; done; }
 
