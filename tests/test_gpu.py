@@ -12,9 +12,11 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.nn.attention import sdpa_kernel
 
-from distil_kit import RunConfig, engine, finetune
+from distil_kit import RunConfig, engine, finetune, step
 from distil_kit.callbacks import Callback
+from distil_kit.graphed_step import CAPTURABLE_ATTENTION
 from distil_kit.modeling import save_random_distilbert
 
 pytestmark = [
@@ -87,14 +89,15 @@ def base_model(tmp_path_factory, minilm_dir):
 
 
 # (precision, bound on the steps' largest relative loss difference, bound on how far apart the final weights are
-# relative to how far training moved them). fp32: the same kernels, float sums in another order. bf16: the
-# eager step may pick another attention kernel (cuDNN's) than the graphs allow, so the runs part a little.
-TOLERANCES = [("fp32", 1e-4, 1e-3), ("bf16", 3e-2, 0.25)]
+# relative to how far training moved them). The eager step is held to the attention kernels the graphs allow (on
+# its own it takes cuDNN's for bf16, whose dropout draws other masks: then the two runs part as two dropout draws
+# do; the first H200 run measured 0.54 of the distance moved, dev counts 446 and 447).
+TOLERANCES = [("fp32", 1e-4, 1e-3), ("bf16", 1e-2, 0.05)]
 
 
 @pytest.mark.parametrize(("precision", "loss_rel", "weights_rel"), TOLERANCES)
 def test_graphed_steps_match_eager_steps_at_base_size(
-    base_model, sst2_dir, tmp_path, precision, loss_rel, weights_rel
+    base_model, sst2_dir, tmp_path, monkeypatch, precision, loss_rel, weights_rel
 ):
     # 20 optimizer steps of FlagPerf's 256 rows as one micro-batch, fused capturable AdamW, dropout on
     common = dict(
@@ -106,7 +109,15 @@ def test_graphed_steps_match_eager_steps_at_base_size(
         log_every=1,
         save_model=True,
     )
-    eager = finetune(_config(base_model, sst2_dir, tmp_path / "eager", cuda_graphs=False, **common))
+    loss = step.batch_loss
+
+    def graphs_kernels(*args, **kwargs):
+        with sdpa_kernel(CAPTURABLE_ATTENTION):
+            return loss(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(step, "batch_loss", graphs_kernels)
+        eager = finetune(_config(base_model, sst2_dir, tmp_path / "eager", cuda_graphs=False, **common))
     graphed = finetune(_config(base_model, sst2_dir, tmp_path / "graphed", cuda_graphs=True, **common))
     assert (
         graphed.config["cuda_graphs"] and graphed.config["fused_adamw"] and graphed.config["micro_batch_size"] == 256
@@ -252,11 +263,11 @@ def test_checkpoint_snapshot_is_the_state_at_save_time(tmp_path):
 
     weights = torch.arange(2**22, dtype=torch.float32, device="cuda")
     writer = checkpoint.BackgroundWriter()
-    for step in (1, 2):
+    for n in (1, 2):
         expected = weights.cpu()
-        writer.save({"model": {"w": weights}, "step": step}, tmp_path, step)
+        writer.save({"model": {"w": weights}, "step": n}, tmp_path, n)
         weights.mul_(3).add_(1)  # queued after the copy: must not reach the file
         writer.wait()
-        saved = torch.load(tmp_path / f"step-{step}.pt")
-        assert saved["step"] == step and torch.equal(saved["model"]["w"], expected)
+        saved = torch.load(tmp_path / f"step-{n}.pt")
+        assert saved["step"] == n and torch.equal(saved["model"]["w"], expected)
     assert len(writer._pinned) == 1  # one buffer, allocated at the first save
