@@ -224,7 +224,9 @@ def read_yaml(path) -> dict:
 
 def parse_sets(items: list[str]) -> dict:
     """``key=value`` strings, each value read as YAML (so ``epochs=3`` is an int and ``target_acc=null`` None),
-    except that a string parameter keeps its text as typed (``output_dir=2024`` is the folder "2024")."""
+    except that a string parameter keeps its text as typed (``output_dir=2024`` is the folder "2024"). Each is
+    checked here, a known name (or the sweep's ``seeds``) with a value of its type, so that an error names the
+    ``--set`` it came from rather than the parameter file it overrides."""
     hints, values = typing.get_type_hints(RunConfig), {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -237,6 +239,15 @@ def parse_sets(items: list[str]) -> dict:
             value = raw
         if key in hints and _base_type(hints[key])[0] is str and value is not None:
             value = raw
+        try:
+            if key == "seeds":
+                check_seeds(value)
+            elif key in hints:
+                value = _coerce(key, value, hints[key])
+            else:
+                raise KitError(unknown_parameter(key, [*hints, "seeds"]))
+        except KitError as e:
+            raise KitError(f"--set {item!r}: {e}") from None
         values[key] = value
     return values
 
@@ -251,17 +262,26 @@ def load_sweep_config(params_file=None, sets: list[str] | None = None, **overrid
     a list of distinct whole numbers; a sweep's parameter, not one run's), else None."""
     values = read_yaml(params_file) if params_file else {}
     source = str(params_file) if params_file else "parameters"
-    values.update(parse_sets(sets or []))
+    values.update(parse_sets(sets or []))  # checked there: what is left to refuse below is the file's
     values.update(overrides)
     seeds = values.pop("seeds", None)
-    if seeds is not None and not (
+    if seeds is not None:
+        try:
+            check_seeds(seeds)
+        except KitError as e:
+            raise KitError(f"{source}: {e}") from None
+    return RunConfig.from_dict(values, source=source), seeds
+
+
+def check_seeds(seeds) -> None:
+    """A sweep's ``seeds``: a list of distinct whole numbers >= 0."""
+    if not (
         isinstance(seeds, list)
         and seeds
         and all(type(s) is int and s >= 0 for s in seeds)
         and len(set(seeds)) == len(seeds)
     ):
-        raise KitError(f"{source}: parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
-    return RunConfig.from_dict(values, source=source), seeds
+        raise KitError(f"parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
 
 
 # Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.
