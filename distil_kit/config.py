@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import json
 import os
 import re
@@ -282,6 +283,29 @@ def check_seeds(seeds) -> None:
         and len(set(seeds)) == len(seeds)
     ):
         raise KitError(f"parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
+
+
+def list_parameter(name: str, value, patterns: bool = False) -> list:
+    """A notebook's list parameter as people pass it. papermill's ``-p`` hands a list over as text
+    (``-p runs '["runs/a", "runs/b"]'``, ``-p seeds '[0, 1, 2]'``, or YAML's flow style ``[runs/a, runs/b]``):
+    text that reads as a YAML list (JSON is YAML) is that list. With ``patterns`` (paths or glob patterns), other
+    text is one pattern, kept when a file or folder matches it; any other value is a one-line error."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:  # "*.csv" (an alias to YAML), an unclosed "[": not a list
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+        if patterns and glob.glob(value):  # a path, or a pattern, that names something
+            return [value]
+    where = f", and no file or folder under {Path.cwd()} matches it" if patterns and isinstance(value, str) else ""
+    raise KitError(
+        f"parameter {name!r}={value!r}: not a list{where}; pass a list as text written as one, "
+        f"-p {name} '[x, y]', or as YAML with papermill's -y, e.g. -y '{name}: [x, y]'"
+    )
 
 
 # Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.
