@@ -277,6 +277,26 @@ def test_save_model_reloads(tiny_run):
     assert (run.folder / "model" / "tokenizer.json").is_file() or (run.folder / "model" / "vocab.txt").is_file()
 
 
+def test_saved_model_speaks_sst2(tiny_run):
+    """A pipeline on the saved model says "positive" and "negative", with the run's own probabilities."""
+    from transformers import pipeline
+
+    run = tiny_run(save_model=True)
+    folder = run.folder / "model"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    assert saved["label2id"] == {"negative": 0, "positive": 1}
+
+    classify = pipeline("text-classification", model=str(folder), device="cpu")
+    # rows the model does not call a tie: a swapped label would show
+    rows = run.predictions[(run.predictions.prob_pos - 0.5).abs() > 1e-3].head(8)
+    assert len(rows) == 8
+    for row, scores in zip(rows.itertuples(), classify(rows.sentence.tolist(), top_k=None), strict=True):
+        by_label = {score["label"]: score["score"] for score in scores}
+        assert set(by_label) == {"negative", "positive"}
+        assert by_label["positive"] == pytest.approx(row.prob_pos, abs=1e-4)
+
+
 def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
     import subprocess
     import sys
