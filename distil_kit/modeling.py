@@ -28,7 +28,7 @@ WEIGHT_FILES = (
 )
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else (absolute, relative, deeper) is meant as a folder.
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
@@ -36,7 +36,7 @@ def _looks_like_path(name: str) -> bool:
 def _local_folder(name: str, what: str) -> Path | None:
     """The folder ``name`` names, or None for a hub id; an error when a path does not exist."""
     name = str(name)
-    if not _looks_like_path(name):
+    if not looks_like_path(name):
         return None
     folder = Path(name).expanduser()
     if not folder.is_dir():
