@@ -263,7 +263,7 @@ def load_sweep_config(params_file=None, sets: list[str] | None = None, **overrid
     a list of distinct whole numbers; a sweep's parameter, not one run's), else None."""
     values = read_yaml(params_file) if params_file else {}
     source = str(params_file) if params_file else "parameters"
-    values.update(parse_sets(sets or []))  # checked there: what is left to refuse below is the file's
+    values.update(parse_sets(sets or []))  # each checked there, so that its errors name the --set
     values.update(overrides)
     seeds = values.pop("seeds", None)
     if seeds is not None:
