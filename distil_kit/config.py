@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import json
 import os
 import re
@@ -222,9 +223,14 @@ def read_yaml(path) -> dict:
     return values
 
 
+SWEEP_PARAMETERS = ("seeds", "concurrent")  # a sweep's own, beside RunConfig's fields
+
+
 def parse_sets(items: list[str]) -> dict:
     """``key=value`` strings, each value read as YAML (so ``epochs=3`` is an int and ``target_acc=null`` None),
-    except that a string parameter keeps its text as typed (``output_dir=2024`` is the folder "2024")."""
+    except that a string parameter keeps its text as typed (``output_dir=2024`` is the folder "2024"). Each is
+    checked here, a known name (or one of ``SWEEP_PARAMETERS``) with a value of its type, so that an error names
+    the ``--set`` it came from rather than the parameter file it overrides."""
     hints, values = typing.get_type_hints(RunConfig), {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -237,6 +243,17 @@ def parse_sets(items: list[str]) -> dict:
             value = raw
         if key in hints and _base_type(hints[key])[0] is str and value is not None:
             value = raw
+        try:
+            if key == "seeds":
+                check_seeds(value)
+            elif key == "concurrent":
+                check_concurrent(value)
+            elif key in hints:
+                value = _coerce(key, value, hints[key])
+            else:
+                raise KitError(unknown_parameter(key, [*hints, *SWEEP_PARAMETERS]))
+        except KitError as e:
+            raise KitError(f"--set {item!r}: {e}") from None
         values[key] = value
     return values
 
@@ -254,20 +271,56 @@ def load_sweep_config(
     seeds train at once; 1 unless given)."""
     values = read_yaml(params_file) if params_file else {}
     source = str(params_file) if params_file else "parameters"
-    values.update(parse_sets(sets or []))
+    values.update(parse_sets(sets or []))  # each checked there, so that its errors name the --set
     values.update(overrides)
-    seeds = values.pop("seeds", None)
-    if seeds is not None and not (
+    seeds, concurrent = values.pop("seeds", None), values.pop("concurrent", 1)
+    try:
+        if seeds is not None:
+            check_seeds(seeds)
+        check_concurrent(concurrent)
+    except KitError as e:
+        raise KitError(f"{source}: {e}") from None
+    return RunConfig.from_dict(values, source=source), seeds, concurrent
+
+
+def check_concurrent(concurrent) -> None:
+    """A sweep's ``concurrent``: how many seeds train at once, a whole number >= 1."""
+    if type(concurrent) is not int or concurrent < 1:
+        raise KitError(f"parameter 'concurrent'={concurrent!r}: expected a whole number >= 1")
+
+
+def check_seeds(seeds) -> None:
+    """A sweep's ``seeds``: a list of distinct whole numbers >= 0."""
+    if not (
         isinstance(seeds, list)
         and seeds
         and all(type(s) is int and s >= 0 for s in seeds)
         and len(set(seeds)) == len(seeds)
     ):
-        raise KitError(f"{source}: parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
-    concurrent = values.pop("concurrent", 1)
-    if type(concurrent) is not int or concurrent < 1:
-        raise KitError(f"{source}: parameter 'concurrent'={concurrent!r}: expected a whole number >= 1")
-    return RunConfig.from_dict(values, source=source), seeds, concurrent
+        raise KitError(f"parameter 'seeds'={seeds!r}: expected a list of distinct whole numbers >= 0")
+
+
+def list_parameter(name: str, value, patterns: bool = False) -> list:
+    """A notebook's list parameter as people pass it. papermill's ``-p`` hands a list over as text
+    (``-p runs '["runs/a", "runs/b"]'``, ``-p seeds '[0, 1, 2]'``, or YAML's flow style ``[runs/a, runs/b]``):
+    text that reads as a YAML list (JSON is YAML) is that list. With ``patterns`` (paths or glob patterns), other
+    text is one pattern, kept when a file or folder matches it; any other value is a one-line error."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:  # "*.csv" (an alias to YAML), an unclosed "[": not a list
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+        if patterns and glob.glob(value):  # a path, or a pattern, that names something
+            return [value]
+    where = f", and no file or folder under {Path.cwd()} matches it" if patterns and isinstance(value, str) else ""
+    raise KitError(
+        f"parameter {name!r}={value!r}: not a list{where}; pass a list as text written as one, "
+        f"-p {name} '[x, y]', or as YAML with papermill's -y, e.g. -y '{name}: [x, y]'"
+    )
 
 
 # Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import atomic, checkpoint, data, distributed, micro_batch, records, resuming
+from . import atomic, checkpoint, data, distributed, micro_batch, model_card, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import train_loader
 from .callbacks import CallbackList, default_progress
@@ -434,6 +434,7 @@ def _save_final(trainer: Trainer, result: dict) -> None:
             def save(tmp: Path):
                 trainer.model.save_pretrained(tmp)
                 trainer.tokenizer.save_pretrained(tmp)
+                model_card.write_model_card(tmp, trainer.out, result)
 
             replace_dir(trainer.out / "model", save)
         write_json_atomic(trainer.out / "summary.json", result)  # last: its presence marks the run finished

@@ -19,6 +19,7 @@ from . import hub
 from .errors import KitError
 
 DEFAULT_MODEL = "distilbert-base-uncased"
+ID2LABEL = {0: "negative", 1: "positive"}  # SST-2's (GLUE's) labels: 0 is negative
 WEIGHT_FILES = (
     "model.safetensors",
     "pytorch_model.bin",
@@ -27,7 +28,7 @@ WEIGHT_FILES = (
 )
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else (absolute, relative, deeper) is meant as a folder.
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
@@ -35,7 +36,7 @@ def _looks_like_path(name: str) -> bool:
 def _local_folder(name: str, what: str) -> Path | None:
     """The folder ``name`` names, or None for a hub id; an error when a path does not exist."""
     name = str(name)
-    if not _looks_like_path(name):
+    if not looks_like_path(name):
         return None
     folder = Path(name).expanduser()
     if not folder.is_dir():
@@ -266,8 +267,9 @@ def _loading_note(name: str, model, missing: set[str]) -> str | None:
     return f"classifier head initialised anew ({', '.join(heads)}): expected when fine-tuning" if heads else None
 
 
-def load_classifier(name: str, num_labels: int = 2):
-    """``AutoModelForSequenceClassification`` with a fresh 2-label head on a hub id or a checked folder.
+def load_classifier(name: str):
+    """``AutoModelForSequenceClassification`` with a fresh 2-label head on a hub id or a checked folder, its labels
+    named as SST-2's (``ID2LABEL``): the saved model then speaks SST-2 (a pipeline says "positive", not "LABEL_1").
 
     Instead of transformers' progress bar and loading table, one line when the checkpoint lacked weights (the
     classifier head of a pretrained encoder: expected); rank 0 only under torchrun."""
@@ -276,10 +278,11 @@ def load_classifier(name: str, num_labels: int = 2):
 
     folder = model_folder(name)
     kwargs = {} if folder is not None else _hub_kwargs(str(name), MODEL_PARAMETER, LOCAL_MODEL)
+    labels = {"id2label": ID2LABEL, "label2id": {label: i for i, label in ID2LABEL.items()}}
     try:  # fp32 master weights whatever the file holds (transformers 5 would keep an fp16 file's dtype)
         with _quiet_weight_loading():
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                str(folder or name), num_labels=num_labels, dtype=torch.float32, output_loading_info=True, **kwargs
+                str(folder or name), dtype=torch.float32, output_loading_info=True, **labels, **kwargs
             )
     except (OSError, ValueError) as e:
         if folder is not None:

@@ -484,15 +484,23 @@ def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
         return records.Run(probe.stop.folder)
 
 
-def sweep(config, seeds: list[int], nproc_per_node: int = 1, plot: bool = True, callbacks=()):
+def sweep(config, seeds: list[int], nproc_per_node: int = 1, concurrent: int = 1, plot: bool = True, callbacks=()):
     """``sweep.run_sweep(config, seeds)`` for a notebook: each seed's run under its own live display (torchrun
     when ``nproc_per_node`` > 1), then the sweep record beside them; returns the seeds' ``records.Run``s. An
-    interrupt stops the seed under way as ``finetune`` does; running the notebook again continues the sweep."""
+    interrupt stops the seed under way as ``finetune`` does; running the notebook again continues the sweep.
+    ``concurrent`` > 1 trains that many seeds at once in processes of their own: no live display then, a line per
+    finished seed (each seed's output is in ``<output_dir>/logs/``)."""
     from . import engine, launch, records
     from .sweep import run_sweep, seed_folder
 
     if nproc_per_node != 1:
         return launch.sweep_torchrun(config, nproc_per_node, seeds)
+    if concurrent > 1:
+        try:
+            run_sweep(config, seeds, concurrent=concurrent, callbacks=callbacks)
+        except engine.RunInterrupted as e:
+            print(f"Stopped: {e}\nTo continue: run the notebook again with the same seeds and output_dir.")
+        return [records.Run(seed_folder(config.output_dir, seed)) for seed in seeds]
     try:
         with _notebook_run(plot) as probe:
             run_sweep(config, seeds, callbacks=[probe, *callbacks])

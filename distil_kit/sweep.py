@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import records, stats
 from .atomic import write_csv_atomic, write_json_atomic
-from .config import RunConfig
+from .config import RunConfig, check_concurrent
 from .errors import KitError
 from .progress import epochs_to_target
 
@@ -47,8 +47,7 @@ def run_sweep(config: RunConfig, seeds: list[int], callbacks=(), concurrent: int
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise KitError(f"parameter 'seeds'={seeds!r}: expected distinct whole numbers, at least one")
-    if type(concurrent) is not int or concurrent < 1:
-        raise KitError(f"parameter 'concurrent'={concurrent!r}: expected a whole number >= 1 (seeds trained at once)")
+    check_concurrent(concurrent)
     if not config.output_dir:
         raise KitError("parameter 'output_dir': a sweep needs a folder to hold its seed-<s>/ runs")
     todo = {}  # seed: its run's config, for the seeds not finished yet

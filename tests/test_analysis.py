@@ -416,10 +416,11 @@ def test_report_writes_every_figure_and_table(run_root, tmp_path):
 def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     papermill = pytest.importorskip("papermill")
     out_dir = tmp_path / "analysis_out"
+    runs = json.dumps([str(run_root / "a-seed0"), str(run_root / "b-bf16")])  # a list as -p passes it: text
     nb = papermill.execute_notebook(
         str(ROOT / "notebooks" / "analysis.ipynb"),
         str(tmp_path / "out.ipynb"),
-        parameters={"runs": [str(run_root / "a-seed0"), str(run_root / "b-bf16")], "out_dir": str(out_dir)},
+        parameters={"runs": runs, "out_dir": str(out_dir)},
         cwd=str(tmp_path),
         kernel_name="python3",
         progress_bar=False,

@@ -23,6 +23,7 @@ from distil_kit.errors import KitError
 from distil_kit.preprocess import preprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+SMOKE = str(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
 
 TRAIN = [
     "a gripping , funny film",
@@ -348,8 +349,11 @@ def test_bad_input_one_line_error_and_nothing_left(case, good, tiny_model, tmp_p
     "args, pieces",
     [
         (["--set", "learning_rate=0.1"], ["unknown parameter 'learning_rate'"]),
-        (["--set", "epoch=3"], ["parameters: unknown parameter 'epoch'; did you mean 'epochs'?"]),
-        (["--set", "lr=1e-3x"], ["parameter 'lr': expected a number, got '1e-3x' (str)"]),
+        (["--set", "epoch=3"], ["--set 'epoch=3': unknown parameter 'epoch'; did you mean 'epochs'?"]),
+        # the typo is in --set, not in the file it overrides
+        (["--params", SMOKE, "--set", "epoch=2"], ["--set 'epoch=2': unknown parameter 'epoch'; did you mean "]),
+        (["--params", SMOKE, "--set", "lr=1e-3x"], ["--set 'lr=1e-3x': parameter 'lr': expected a number, got "]),
+        (["--set", "seeds=[0, 0]"], ["--set 'seeds=[0, 0]': parameter 'seeds'=[0, 0]: expected a list of distinct "]),
         (["--set", "data_dir=/no/such/data"], ["data folder /no/such/data does not exist"]),
         (
             ["--resume", "--set", "output_dir=/no/such/run"],
@@ -363,3 +367,4 @@ def test_cli_prints_one_error_line_and_exits_2(args, pieces, capsys):
     assert out == "" and err.count("\n") == 1 and err.startswith("error: ")
     for piece in pieces:
         assert piece in err
+    assert "smoke.yaml" not in err, "an error about a --set value names --set, not the parameter file"

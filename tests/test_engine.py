@@ -277,6 +277,58 @@ def test_save_model_reloads(tiny_run):
     assert (run.folder / "model" / "tokenizer.json").is_file() or (run.folder / "model" / "vocab.txt").is_file()
 
 
+def test_saved_model_speaks_sst2(tiny_run):
+    """A pipeline on the saved model says "positive" and "negative", with the run's own probabilities."""
+    from transformers import pipeline
+
+    run = tiny_run(save_model=True)
+    folder = run.folder / "model"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    assert saved["label2id"] == {"negative": 0, "positive": 1}
+
+    classify = pipeline("text-classification", model=str(folder), device="cpu")
+    # rows the model does not call a tie: a swapped label would show
+    rows = run.predictions[(run.predictions.prob_pos - 0.5).abs() > 1e-3].head(8)
+    assert len(rows) == 8
+    for row, scores in zip(rows.itertuples(), classify(rows.sentence.tolist(), top_k=None), strict=True):
+        by_label = {score["label"]: score["score"] for score in scores}
+        assert set(by_label) == {"negative", "positive"}
+        assert by_label["positive"] == pytest.approx(row.prob_pos, abs=1e-4)
+
+
+def test_saved_models_card_holds_the_runs_result(tiny_run):
+    """The model card's hub metadata holds the run's dev accuracy; its text the count with its interval, the time
+    to target, every parameter, the versions and the kit's commit."""
+    from huggingface_hub import ModelCard, metadata_load
+
+    run = tiny_run(save_model=True, target_acc=0.4)  # an untrained tiny model scores about 0.5: reached at epoch 1
+    folder, s = run.folder / "model", run.summary
+    card = folder / "README.md"
+    result = metadata_load(card)["model-index"][0]["results"][0]
+    assert result["task"]["type"] == "text-classification"
+    assert result["dataset"] == {"name": "GLUE SST-2", "type": "glue", "config": "sst2", "split": "validation"}
+    assert result["metrics"][0]["type"] == "accuracy" and result["metrics"][0]["value"] == s["acc"]
+    assert ModelCard.load(card).data.eval_results[0].metric_value == s["acc"]
+    text = ModelCard.load(card).text
+    low, high = s["acc_interval"]
+    assert f"**{s['acc_correct']} of {s['dev_rows']}**" in text and f"[{low:.4f}, {high:.4f}]" in text
+    assert f"reached after {s['time_to_target']:.1f} s of training" in text
+    for key, value in run.config.items():  # the whole recipe
+        assert f"| `{key}` | `{json.dumps(value)}` |" in text
+    for key in ("git_commit", "torch", "transformers"):
+        assert str(run.manifest[key]) in text
+    assert f"`{run.config['model']}` fine-tuned on SST-2" in text
+
+
+def test_model_card_metadata_names_a_hub_base_model_and_leaves_a_local_folder_to_the_text(tmp_path):
+    from distil_kit.model_card import metadata
+
+    hub = yaml.safe_load(metadata({"model": "distilbert-base-uncased"}, {"acc": 0.9106}, "run"))
+    assert hub["base_model"] == "distilbert-base-uncased" and hub["model-index"][0]["name"] == "run"
+    assert "base_model" not in yaml.safe_load(metadata({"model": str(tmp_path)}, {"acc": 0.9106}, "run"))
+
+
 def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
     import subprocess
     import sys

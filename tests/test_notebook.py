@@ -13,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distil_kit import callbacks, notebook
+from distil_kit import KitError, callbacks, notebook
+from distil_kit.config import list_parameter
 from distil_kit.notebook import View, clock, eta_seconds, project_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,37 @@ def test_project_root_is_above_the_kits_notebooks_folder_only(tmp_path):
     (tmp_path / "notebooks" / "finetune.ipynb").write_text("{}")
     assert project_root(tmp_path / "notebooks") == tmp_path
     assert project_root(tmp_path) == tmp_path
+
+
+def test_list_parameters_as_papermill_passes_them(tmp_path, monkeypatch):
+    """papermill's -p hands a list over as text (its -y and -f as YAML, its Python API as a list): each is a list."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    for text in ('["runs/a","runs/b"]', "[runs/a, runs/b]", "- runs/a\n- runs/b"):
+        assert list_parameter("runs", text, patterns=True) == ["runs/a", "runs/b"]
+    assert list_parameter("seeds", "[0,1,2]") == list_parameter("seeds", [0, 1, 2]) == [0, 1, 2]
+    assert list_parameter("paired", "[]") == []
+    # one path or glob pattern that names something stays one pattern
+    assert list_parameter("runs", "runs/*", patterns=True) == ["runs/*"]
+    assert list_parameter("runs", "runs/a", patterns=True) == ["runs/a"]
+
+
+@pytest.mark.parametrize(
+    "name, value, patterns",
+    [("runs", "runs/a,runs/b", True), ("runs", '["runs/a", "runs/b"', True), ("benchmarks", "*.csv", True)]
+    + [("seeds", "0,1,2", False), ("seeds", 3, False), ("paired", "runs/a", False)],
+)
+def test_a_list_parameter_that_is_not_one_says_where_it_looked_and_how_to_pass_a_list(
+    name, value, patterns, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KitError) as error:
+        list_parameter(name, value, patterns=patterns)
+    message = str(error.value)
+    assert message.startswith(f"parameter {name!r}={value!r}: not a list") and "\n" not in message
+    assert f"-y '{name}: [x, y]'" in message  # papermill's option for YAML
+    if patterns:
+        assert f"no file or folder under {tmp_path} matches it" in message
 
 
 def test_terminal_runs_get_tqdm_bars():
@@ -265,7 +297,8 @@ def test_a_seed_sweep_from_the_notebook_then_its_paired_comparison(kernel_env, t
     kit = tmp_path / "kit"
     shutil.copytree(ROOT / "notebooks", kit / "notebooks")
     parameters = {"model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": "runs/sweep", "epochs": 1}
-    parameters |= {"max_train_samples": 64, "target_acc": 0.5, "save_model": False, "seeds": [0, 1]}
+    # lists as papermill's -p passes them, as text: -p seeds '[0, 1]', and below -p paired '[..., ...]'
+    parameters |= {"max_train_samples": 64, "target_acc": 0.5, "save_model": False, "seeds": "[0, 1]"}
     nb = _papermill(
         kit / "notebooks" / "finetune.ipynb", tmp_path / "sweep-out.ipynb", kit / "notebooks", **parameters
     )
@@ -281,7 +314,7 @@ def test_a_seed_sweep_from_the_notebook_then_its_paired_comparison(kernel_env, t
         kit / "notebooks",
         runs="runs/sweep/seed-*",
         out_dir="analysis_out",
-        paired=["runs/sweep/seed-0", "runs/sweep/seed-1"],
+        paired="[runs/sweep/seed-0, runs/sweep/seed-1]",
     )
     printed = "".join(o.get("text", "") for c in analysis.cells for o in c.get("outputs", []))
     assert re.search(r"runs/sweep/seed-1 vs runs/sweep/seed-0: [+-]?\d+\.\d\d points, 95% interval \[", printed)

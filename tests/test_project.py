@@ -195,6 +195,21 @@ def test_finetune_notebook_refuses_an_unknown_parameter_at_its_setup_cell(tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_analysis_notebook_refuses_runs_that_are_neither_a_list_nor_a_match_at_its_setup_cell(tmp_path):
+    """`-p runs 'runs/a,runs/b'` is text that names nothing: the setup cell says where it looked and how to pass a
+    list, before any run is read."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _papermill("analysis.ipynb", tmp_path, runs="runs/a,runs/b")
+    assert error.value.ename == "KitError"
+    assert error.value.evalue.startswith(
+        f"parameter 'runs'='runs/a,runs/b': not a list, and no file or folder under {tmp_path} matches it; "
+    )
+    assert "-y 'runs: [x, y]'" in error.value.evalue
+
+
 def test_report_cli_plots_the_notebooks_benchmarks_by_default():
     import papermill
 

@@ -106,6 +106,14 @@ def test_seeds_trained_at_once_end_as_one_at_a_time(config, whole, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["logs", "seed-0", "seed-1", "seed-2", "sweep.csv", "sweep.json"]
 
 
+def test_the_notebooks_sweep_trains_seeds_at_once(config, whole, tmp_path, capsys):
+    from distil_kit import notebook
+
+    runs = notebook.sweep(config.replace(output_dir=str(tmp_path / "nb")), SEEDS[:2], concurrent=2)
+    assert [r.summary["acc_correct"] for r in runs] == whole[1].correct.tolist()[:2]
+    assert "training 2 seeds, 2 at a time" in capsys.readouterr().out
+
+
 def test_seeds_at_once_refuse_bad_counts_and_callbacks(config, tmp_path):
     cfg = config.replace(output_dir=str(tmp_path / "s"))
     with pytest.raises(KitError, match=r"parameter 'concurrent'=0: expected a whole number >= 1"):
@@ -165,7 +173,7 @@ def test_seeds_from_a_params_file_or_a_set(tmp_path):
     assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml")[2] == 1
     assert load_sweep_config(ROOT / "params" / "fast_sweep.yaml", ["concurrent=5"])[2] == 5
     for bad in ("0", "2.5", "two"):
-        with pytest.raises(KitError, match=r"parameters: parameter 'concurrent'=.*: expected a whole number >= 1"):
+        with pytest.raises(KitError, match=r"--set 'concurrent=.*': parameter 'concurrent'=.*: expected a whole"):
             load_sweep_config(None, [f"concurrent={bad}"])
 
 
