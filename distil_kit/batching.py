@@ -52,11 +52,15 @@ class TrimCollate:
     def __init__(self, pad_to_multiple_of: int = 1):
         self.multiple = max(1, int(pad_to_multiple_of))
 
+    def width(self, longest: int, padded_width: int) -> int:
+        """A batch's width: its longest row rounded up to the multiple, never wider than the split's rows."""
+        return min(padded_width, math.ceil(longest / self.multiple) * self.multiple)
+
     def __call__(self, rows) -> Batch:
         ids, mask, label, idx, weight = zip(*rows, strict=True)
         ids, mask = np.stack(ids), np.stack(mask)
         lengths = mask.sum(axis=1)
-        width = min(ids.shape[1], math.ceil(int(lengths.max()) / self.multiple) * self.multiple)
+        width = self.width(int(lengths.max()), ids.shape[1])
         weight = np.asarray(weight, dtype=np.float32)
         real = weight > 0
         return Batch(
@@ -131,6 +135,26 @@ class EpochBatches:
             else:
                 weight = self.world_size / step_rows
                 yield [(int(r), weight) for r in part]
+
+
+def batches_of_each_shape(loader, epochs: range, skip: int = 0) -> list[Batch]:
+    """One batch of each input shape ``loader`` (``train_loader``'s) will give over ``epochs`` (the first skipping
+    ``skip`` micro-batches, as a resumed epoch does), in the order they first come: the seeded order knows every
+    step's rows, so the shapes are known before training (CUDA graphs capture them then). Only the first batch of
+    each shape is collated; the sampler is left at the first of ``epochs``."""
+    sampler, dataset, collate = loader.batch_sampler, loader.dataset, loader.collate_fn
+    lengths, padded_width = dataset.split.lengths, dataset.split.input_ids.shape[1]
+    found: dict[tuple, Batch] = {}
+    for epoch in epochs:
+        sampler.set_epoch(epoch, skip=skip if epoch == epochs.start else 0)
+        for keys in sampler:
+            longest = int(lengths[[row for row, _ in keys]].max())
+            shape = (len(keys), collate.width(longest, padded_width))
+            if shape not in found:
+                found[shape] = collate([dataset[key] for key in keys])
+    if epochs:
+        sampler.set_epoch(epochs.start, skip=skip)
+    return list(found.values())
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:

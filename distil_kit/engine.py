@@ -23,7 +23,7 @@ import torch
 
 from . import atomic, checkpoint, data, distributed, micro_batch, model_card, records, resuming
 from .atomic import replace_dir, write_json_atomic
-from .batching import train_loader
+from .batching import batches_of_each_shape, train_loader
 from .callbacks import CallbackList, default_progress
 from .config import RunConfig, micro_batches_per_step
 from .errors import KitError
@@ -184,6 +184,19 @@ class Trainer:
         padded = sum(b.input_ids.numel() for b in micro)
         self.window.add(self.progress.step, loss, rows, tokens, padded, compiles)
 
+    def capture_ahead(self) -> None:
+        """Every input shape the rest of the run meets, captured as one CUDA graph each as training starts (timed
+        as compile time), so that no step stalls mid-run for a capture."""
+        p = self.progress
+        batches = batches_of_each_shape(self.loader, range(p.epoch, self.cfg.epochs), skip=p.batches_done)
+        self.sync()
+        t0 = time.perf_counter()
+        for batch in batches:
+            self.step.capture(batch)
+        self.sync()
+        self.clock.add("compile", time.perf_counter() - t0)
+        self._seen_shapes |= {tuple(b.input_ids.shape) for b in batches}
+
     def stop_agreed(self, signals: StopSignals) -> bool:
         """Whether any rank was asked to stop (one collective under torchrun)."""
         asked = torch.tensor([float(signals.received is not None)], device=self.device)
@@ -324,6 +337,8 @@ def train(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:
             _stop(trainer, signals, checkpoint=True)
     trainer.model.train()  # from_pretrained gives eval mode; a resumed run has had no evaluation to switch it back
     trainer.clock.start_training()
+    if cfg.cuda_graphs:
+        trainer.capture_ahead()
     while p.epoch < cfg.epochs and not p.converged:
         if not trainer.train_epoch(signals):
             _stop(trainer, signals, checkpoint=False)  # train_epoch has written it

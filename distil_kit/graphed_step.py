@@ -2,8 +2,9 @@
 
 At 13-token sentences and batch 32 a step is several hundred small kernels: launched one by one from Python, the
 GPU spends most of the step waiting for the host. A captured graph launches them all at once. Shapes are few
-(the batch size times widths padded to a multiple of 8, up to the longest sentence), so each is captured the first
-time it comes, after warm-up steps that run every lazy initialisation (cuBLAS handles, compilation, the optimizer's
+(the batch size times widths padded to a multiple of 8, up to the longest sentence) and known before training from
+the seeded order, so each is captured when the training clock starts (``engine.Trainer.capture_ahead``), after
+warm-up steps that run every lazy initialisation (cuBLAS handles, compilation, the optimizer's
 state) outside the capture. Warm-up steps change the weights, so the weights, the optimizer state and the CUDA RNG
 are put back as they were before capturing: the run trains the steps it would without graphs (shown equal to float
 tolerance in fp32; in bf16 the attention kernel and the autocast cache differ from an eager run's). The copy of that
@@ -110,13 +111,17 @@ class GraphedStep:
         finally:
             caller.wait_stream(self.stream)
 
-    def __call__(self, micro_batches) -> torch.Tensor:
-        """The step's loss (a fresh tensor); the weights are updated."""
-        (batch,) = micro_batches  # graphs_fit: no gradient accumulation
+    def capture(self, batch) -> None:
+        """Capture ``batch``'s shape unless captured already; the run's state is left as it was."""
         key = tuple(batch.input_ids.shape)
         if key not in self.graphs:
             self.graphs[key] = self._capture(batch)
-        captured = self.graphs[key]
+
+    def __call__(self, micro_batches) -> torch.Tensor:
+        """The step's loss (a fresh tensor); the weights are updated."""
+        (batch,) = micro_batches  # graphs_fit: no gradient accumulation
+        self.capture(batch)  # a shape the run did not capture ahead (``engine.Trainer.capture_ahead``)
+        captured = self.graphs[tuple(batch.input_ids.shape)]
         for name in INPUTS:
             captured.inputs[name].copy_(getattr(batch, name), non_blocking=True)
         captured.graph.replay()
