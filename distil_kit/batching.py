@@ -28,6 +28,10 @@ class Batch(NamedTuple):
     weight: torch.Tensor  # per-row loss weight (see module docstring)
     n_rows: int  # real rows (filler rows excluded)
     n_tokens: int  # real tokens of the real rows
+    # packed batches (``packing.PackCollate``) only: then input_ids holds whole sentences end to end, attention_mask
+    # each token's sentence within its row, and labels, idx and weight are per sentence
+    position_ids: torch.Tensor | None = None
+    starts: torch.Tensor | None = None  # each sentence's first token, a flat index into input_ids
 
 
 class SplitDataset(Dataset):
@@ -55,6 +59,10 @@ class TrimCollate:
     def width(self, longest: int, padded_width: int) -> int:
         """A batch's width: its longest row rounded up to the multiple, never wider than the split's rows."""
         return min(padded_width, math.ceil(longest / self.multiple) * self.multiple)
+
+    def shape(self, lengths, padded_width: int) -> tuple[int, int]:
+        """The ``input_ids`` shape of a batch of rows of these lengths."""
+        return len(lengths), self.width(int(max(lengths)), padded_width)
 
     def __call__(self, rows) -> Batch:
         ids, mask, label, idx, weight = zip(*rows, strict=True)
@@ -137,8 +145,22 @@ class EpochBatches:
                 yield [(int(r), weight) for r in part]
 
 
+TENSORS = ("input_ids", "attention_mask", "labels", "weight", "position_ids", "starts")  # what a step's model reads
+
+
+def tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    """The batch's tensors a training step reads (a packed batch has two more)."""
+    return {name: getattr(batch, name) for name in TENSORS if getattr(batch, name) is not None}
+
+
+def shape(batch: Batch) -> tuple:
+    """What a compiled or graphed step depends on: the shape of ``input_ids`` and the number of rows (sentences,
+    when packed: a short last step may pack into as many rows as a whole one)."""
+    return tuple(batch.input_ids.shape), tuple(batch.labels.shape)
+
+
 def batches_of_each_shape(loader, epochs: range, skip: int = 0) -> list[Batch]:
-    """One batch of each input shape ``loader`` (``train_loader``'s) will give over ``epochs`` (the first skipping
+    """One batch of each ``shape`` ``loader`` (``train_loader``'s) will give over ``epochs`` (the first skipping
     ``skip`` micro-batches, as a resumed epoch does), in the order they first come: the seeded order knows every
     step's rows, so the shapes are known before training (CUDA graphs capture them then). Only the first batch of
     each shape is collated; the sampler is left at the first of ``epochs``."""
@@ -148,8 +170,7 @@ def batches_of_each_shape(loader, epochs: range, skip: int = 0) -> list[Batch]:
     for epoch in epochs:
         sampler.set_epoch(epoch, skip=skip if epoch == epochs.start else 0)
         for keys in sampler:
-            longest = int(lengths[[row for row, _ in keys]].max())
-            shape = (len(keys), collate.width(longest, padded_width))
+            shape = (collate.shape(lengths[[row for row, _ in keys]], padded_width), (len(keys),))
             if shape not in found:
                 found[shape] = collate([dataset[key] for key in keys])
     if epochs:
@@ -163,9 +184,10 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False, collate_fn=None):
     """The run's training micro-batches (``cfg.micro_batch_size`` rows per device): its ``EpochBatches`` sampler
-    (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``."""
+    (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``;
+    ``collate_fn``: how rows become a batch (``TrimCollate`` at ``cfg.pad_to_multiple_of`` unless given)."""
     sampler = EpochBatches(
         split.lengths,
         cfg.micro_batch_size,
@@ -178,7 +200,7 @@ def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memo
     loader = torch.utils.data.DataLoader(
         SplitDataset(split),
         batch_sampler=sampler,
-        collate_fn=TrimCollate(cfg.pad_to_multiple_of),
+        collate_fn=collate_fn or TrimCollate(cfg.pad_to_multiple_of),
         num_workers=cfg.num_workers,
         pin_memory=pin_memory,
         persistent_workers=cfg.num_workers > 0,

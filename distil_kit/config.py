@@ -64,7 +64,8 @@ class RunConfig:
     fast: bool = _p(
         False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
     )
-    bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
+    bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast, unless packing")
+    packing: bool = _p(False, "whole sentences end to end in rows of one width: no padding (DistilBERT, BERT)")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
     compile: bool = _p(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import atomic, checkpoint, data, distributed, micro_batch, model_card, records, resuming
+from . import atomic, batching, checkpoint, data, distributed, micro_batch, model_card, packing, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import batches_of_each_shape, train_loader
 from .callbacks import CallbackList, default_progress
@@ -35,6 +35,7 @@ from .modeling import (
     load_tokenizer,
     max_positions,
     model_folder,
+    model_type,
     vocab_sha256,
     weights_sha256,
 )
@@ -84,6 +85,12 @@ class Trainer:
         self.world, self.device = world, device
         self.out = Path(cfg.output_dir)
         self.callbacks = CallbackList(callbacks)
+        kind = model_type(cfg.model)
+        if cfg.packing and not packing.supported(kind):
+            raise KitError(
+                f"parameter 'packing'=true: packs {' and '.join(packing.FAMILIES)} models; {cfg.model} is a "
+                f"{kind} model: train it with packing false"
+            )
         self.tokenizer = load_tokenizer(cfg.model)
         self.splits = load_splits(cfg, self.tokenizer)
         data.check_positions(self.splits, max_positions(cfg.model), f"model {cfg.model}")  # before loading it
@@ -94,8 +101,16 @@ class Trainer:
             cfg = _fitted_micro_batch(cfg, self.model, self.splits["train"], device, world)
         self.cfg = cfg
 
+        # one width for the run's packed rows: every sentence of either split fits one
+        longest = max(int(split.lengths.max()) for split in self.splits.values())
+        self.pack_width = packing.pack_width(longest) if cfg.packing else None
         self.sampler, self.loader = train_loader(
-            self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
+            self.splits["train"],
+            cfg,
+            rank=world.rank,
+            world_size=world.size,
+            pin_memory=device.type == "cuda",
+            collate_fn=packing.PackCollate(self.pack_width) if cfg.packing else None,
         )
 
         self.accumulation = micro_batches_per_step(cfg)  # 1 when fused (micro_batch_size: the whole step)
@@ -168,7 +183,7 @@ class Trainer:
     def train_step(self, micro: list) -> None:
         """One optimizer step; when it meets a new input shape while compiling or capturing, its time is compile
         time and its rows are left out of the rates."""
-        shapes = {tuple(batch.input_ids.shape) for batch in micro}
+        shapes = {batching.shape(batch) for batch in micro}
         compiles = (self.cfg.compile or self.cfg.cuda_graphs) and not shapes <= self._seen_shapes
         if compiles:
             self.sync()
@@ -195,7 +210,7 @@ class Trainer:
             self.step.capture(batch)
         self.sync()
         self.clock.add("compile", time.perf_counter() - t0)
-        self._seen_shapes |= {tuple(b.input_ids.shape) for b in batches}
+        self._seen_shapes |= {batching.shape(b) for b in batches}
 
     def stop_agreed(self, signals: StopSignals) -> bool:
         """Whether any rank was asked to stop (one collective under torchrun)."""
@@ -236,6 +251,7 @@ class Trainer:
             world=self.world,
             amp=lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs),
             pad_to_multiple_of=cfg.pad_to_multiple_of,
+            pack_width=self.pack_width,
         )
 
     def evaluate(self) -> float:

@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .batching import SplitDataset, TrimCollate, eval_batches
+from .batching import SplitDataset, TrimCollate, eval_batches, tensors
 from .data import Split
+from .packing import PackCollate, PackedClassifier
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,23 @@ def evaluate(
     world: distributed.World | None = None,
     amp=nullcontext,
     pad_to_multiple_of: int = 1,
+    pack_width: int | None = None,
 ) -> Evaluation:
-    """Score every dev row once; ``amp`` makes the autocast context the run trains in."""
+    """Score every dev row once; ``amp`` makes the autocast context the run trains in. With ``pack_width``, the
+    batches are packed (``packing``) into rows of that width."""
     world = world or distributed.World()
-    dataset, collate = SplitDataset(dev), TrimCollate(pad_to_multiple_of)
+    dataset = SplitDataset(dev)
+    collate = PackCollate(pack_width) if pack_width else TrimCollate(pad_to_multiple_of)
+    scored = PackedClassifier(model) if pack_width else model
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     idx, pred, prob = [], [], []
     for rows in eval_batches(dev.lengths, batch_size, world.rank, world.size):
         batch = collate([dataset[r] for r in rows])
+        inputs = {k: t.to(device) for k, t in tensors(batch).items() if k not in ("labels", "weight")}
         with amp():
-            logits = model(
-                input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
-            ).logits
+            logits = scored(**inputs).logits
         y = logits.argmax(dim=-1)
         correct += (y.cpu() == batch.labels).sum().to(device)
         idx.append(batch.idx)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-INPUTS = ("input_ids", "attention_mask", "labels", "weight")
+from .batching import shape, tensors
+
 WARMUP_STEPS = 2
 # The attention kernels the graphed steps are tested with (dropout included). cuDNN's, which torch picks first for
 # bf16 on recent GPUs, is not among them: it is untested inside a graph.
@@ -77,7 +78,7 @@ class GraphedStep:
     """``step([batch])`` trains one batch (forward, loss, backward, optimizer step) by replaying its shape's graph:
     the contract of ``step.EagerStep`` for one micro-batch per step. A new shape is captured first.
 
-    ``loss_fn(input_ids, attention_mask, labels, weight)`` returns the batch's loss (forward under autocast). Made
+    ``loss_fn(**batching.tensors(batch))`` returns the batch's loss (forward under autocast). Made
     after the scheduler (see ``capturable_lr``).
     """
 
@@ -113,17 +114,16 @@ class GraphedStep:
 
     def capture(self, batch) -> None:
         """Capture ``batch``'s shape unless captured already; the run's state is left as it was."""
-        key = tuple(batch.input_ids.shape)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(batch)
+        if shape(batch) not in self.graphs:
+            self.graphs[shape(batch)] = self._capture(batch)
 
     def __call__(self, micro_batches) -> torch.Tensor:
         """The step's loss (a fresh tensor); the weights are updated."""
         (batch,) = micro_batches  # graphs_fit: no gradient accumulation
         self.capture(batch)  # a shape the run did not capture ahead (``engine.Trainer.capture_ahead``)
-        captured = self.graphs[tuple(batch.input_ids.shape)]
-        for name in INPUTS:
-            captured.inputs[name].copy_(getattr(batch, name), non_blocking=True)
+        captured = self.graphs[shape(batch)]
+        for name, tensor in tensors(batch).items():
+            captured.inputs[name].copy_(tensor, non_blocking=True)
         captured.graph.replay()
         return captured.loss.clone()
 
@@ -135,7 +135,7 @@ class GraphedStep:
         return loss
 
     def _capture(self, batch) -> _Captured:
-        inputs = {name: getattr(batch, name).to(self.device, copy=True) for name in INPUTS}
+        inputs = {name: tensor.to(self.device, copy=True) for name, tensor in tensors(batch).items()}
         saved = self._save_state()
         for _ in range(WARMUP_STEPS):
             self.optimizer.zero_grad(set_to_none=True)

@@ -151,9 +151,17 @@ def _hub_config_folder(name: str) -> Path:
 
 def max_positions(name: str) -> int | None:
     """The model's ``max_position_embeddings`` (None for a config without one)."""
-    folder = _local_folder(str(name), "model") or _hub_config_folder(str(name))
-    value = read_model_config(folder).get("max_position_embeddings")
+    value = _config_of(name).get("max_position_embeddings")
     return value if isinstance(value, int) else None
+
+
+def model_type(name: str) -> str | None:
+    """The model's ``model_type`` (distilbert, bert, ...), read from its config before its weights load."""
+    return _config_of(name).get("model_type")
+
+
+def _config_of(name: str) -> dict:
+    return read_model_config(_local_folder(str(name), "model") or _hub_config_folder(str(name)))
 
 
 def check_model_config(folder: Path) -> None:

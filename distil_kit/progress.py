@@ -280,6 +280,7 @@ def summary(
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
         "train_padded_tokens": progress.padded_tokens,
         "padded_tokens_per_s": round(padded_per_s, 1) if padded_per_s is not None else None,
+        "packing_efficiency": round(progress.tokens / progress.padded_tokens, 4) if progress.padded_tokens else None,
         "peak_memory_gib": round(peak_memory_gib, 3),
         "compile_time": round(times["compile"], 3),
         "checkpoint_time": round(times["checkpoint"], 3),

@@ -59,7 +59,8 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         output_dir=cfg.output_dir or records.default_output_dir(),
         precision=precision,
         micro_batch_size=micro,
-        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast,
+        # packed, a micro-batch's rows of mixed lengths fill the rows better than rows of one length
+        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast and not cfg.packing,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
         cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit,

@@ -16,8 +16,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from .batching import Batch
-from .graphed_step import INPUTS, GraphedStep
+from .batching import Batch, tensors
+from .graphed_step import GraphedStep
+from .packing import PackedClassifier
 
 
 def autocast(device: torch.device, precision: str, cuda_graphs: bool = False):
@@ -29,10 +30,11 @@ def autocast(device: torch.device, precision: str, cuda_graphs: bool = False):
     return torch.autocast(device.type, dtype=dtype, cache_enabled=not cuda_graphs)
 
 
-def batch_loss(model, amp, input_ids, attention_mask, labels, weight) -> torch.Tensor:
-    """The batch's loss: rows weighted (their share of the step, see ``batching``; 0 for filler rows) and summed."""
+def batch_loss(model, amp, input_ids, attention_mask, labels, weight, **packed) -> torch.Tensor:
+    """The batch's loss: rows weighted (their share of the step, see ``batching``; 0 for filler rows) and summed.
+    ``packed``: a packed batch's ``position_ids`` and ``starts``, for a ``packing.PackedClassifier``."""
     with amp():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
     return (F.cross_entropy(logits.float(), labels, reduction="none") * weight).sum()
 
 
@@ -61,11 +63,11 @@ class EagerStep:
     def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
         losses = []
         for i, batch in enumerate(micro_batches):
-            tensors = {name: getattr(batch, name).to(self.device, non_blocking=True) for name in INPUTS}
+            inputs = {name: t.to(self.device, non_blocking=True) for name, t in tensors(batch).items()}
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients in backward: only the group's last backward needs it.
             with self.model.no_sync() if self.distributed and not last else nullcontext():
-                loss = self.loss(**tensors)
+                loss = self.loss(**inputs)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
         if self.scaler:
@@ -80,8 +82,8 @@ class EagerStep:
 def make_step(model, optimizer, device: torch.device, cfg, world) -> EagerStep | GraphedStep:
     """The run's step (``cfg``: its ``RunConfig``), made after the scheduler: graphed where ``cfg.cuda_graphs``
     (see ``graphed_step.graphs_fit``), eager otherwise; the forward runs through DDP and torch.compile where the
-    run uses them."""
-    trained = model
+    run uses them, on packed batches where it packs."""
+    trained = PackedClassifier(model) if cfg.packing else model
     if world.distributed:
         ids = [device.index] if device.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.attention import sdpa_kernel
 
-from distil_kit import RunConfig, engine, finetune, step
+from distil_kit import RunConfig, batching, engine, finetune, step
 from distil_kit.callbacks import Callback
 from distil_kit.graphed_step import CAPTURABLE_ATTENTION
 from distil_kit.modeling import save_random_distilbert
@@ -153,7 +153,7 @@ def test_steady_state_steps_make_no_host_sync(base_model, sst2_dir, tmp_path, mo
     train_step = engine.Trainer.train_step
 
     def watched(trainer, micro):
-        seen = {tuple(b.input_ids.shape) for b in micro} <= trainer._seen_shapes
+        seen = {batching.shape(b) for b in micro} <= trainer._seen_shapes
         if not seen:
             return train_step(trainer, micro)
         with warnings.catch_warnings(record=True) as caught:
