@@ -100,10 +100,20 @@ VARIANTS = {
     "c": "kit, FlagPerf settings",
     "d": "kit, fast",
     "e": "bare loop over d's batches",
+    "p": "kit, fast, packed",
+    "q": "bare loop over p's batches",
 }
+BARE = {"e": "d", "q": "p"}  # each bare loop and the kit variant whose batches it trains
 STRICT_FP32 = "a-fp32"  # variant a again with TF32 off, where the GPU has TF32
 # The targets this CPU's table is held to: (variant, ratio column, at least this many times the reference).
-CPU_TARGETS = (("d", "x_vs_hf_trainer", 2.5), ("d", "x_vs_flagperf", 100.0), ("d", "x_vs_bare", 0.9))
+CPU_TARGETS = (
+    ("d", "x_vs_hf_trainer", 2.5),
+    ("d", "x_vs_flagperf", 100.0),
+    ("d", "x_vs_bare", 0.9),
+    ("p", "x_vs_fast", 1.3),
+    ("p", "x_vs_hf_trainer", 2.5),
+    ("p", "x_vs_bare", 0.9),
+)
 PADDING_SHARE = 0.9  # and d turns at least this share of its padding advantage over b into speed
 TIMING = (
     "whole epoch per variant after an untimed process-wide warm-up; a/b/e timed here from first batch to last "
@@ -366,13 +376,11 @@ def run_hf_trainer(ctx: Context, train, bf16: bool) -> dict:
 
 # --- c, d: the kit; e: a bare loop over d's batches ------------------------------------------------------------
 
-FIELDS = ("input_ids", "attention_mask", "labels", "weight")  # what the bare loop reads from a batch
-
 
 def kit_batches(folder: Path, device: torch.device | None = None) -> tuple[object, list[list]]:
     """The resolved config of the kit run in ``folder`` and its first epoch's batches, step by step, exactly as its
     engine drew them (same sampler, same collate); on ``device`` if given."""
-    from distil_kit.batching import train_loader
+    from distil_kit.batching import tensors, train_loader
     from distil_kit.config import RunConfig, micro_batches_per_step
     from distil_kit.inputs import load_splits
     from distil_kit.modeling import load_tokenizer
@@ -383,23 +391,26 @@ def kit_batches(folder: Path, device: torch.device | None = None) -> tuple[objec
     sampler.set_epoch(0)
     batches = list(loader)
     if device is not None:
-        batches = [b._replace(**{k: getattr(b, k).to(device) for k in FIELDS}) for b in batches]
+        batches = [b._replace(**{k: t.to(device) for k, t in tensors(b).items()}) for b in batches]
     per_step = micro_batches_per_step(cfg)
     return cfg, [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
 
 
-def run_bare(ctx: Context, fast_folder: Path) -> dict:
-    """A forward, backward and optimizer step per step of d's batches, nothing else: what the kit's engine adds to
-    d's time is what d lacks against this."""
+def run_bare(ctx: Context, kit_folder: Path) -> dict:
+    """A forward, backward and optimizer step per step of a kit run's batches (d's, or p's packed ones), nothing
+    else: what the kit's engine adds to that run's time is what it lacks against this."""
+    from distil_kit.batching import tensors
+    from distil_kit.packing import PackedClassifier
     from distil_kit.recipe import make_optimizer, make_scheduler
     from distil_kit.step import autocast, batch_loss
 
     device = ctx.device
-    cfg, steps = kit_batches(fast_folder, device)
+    cfg, steps = kit_batches(kit_folder, device)
     amp = partial(autocast, device, cfg.precision)
     with PeakMemory(device) as mem, tf32_matmuls(cfg.precision == "tf32"):
         model = load_model(ctx.model, device)
         model.train()
+        scored = PackedClassifier(model) if cfg.packing else model
         optimizer = make_optimizer(model, LR, weight_decay=0.0, fused=cfg.fused_adamw)
         scheduler = make_scheduler(optimizer, len(steps))
         scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None  # as d's step has
@@ -408,7 +419,7 @@ def run_bare(ctx: Context, fast_folder: Path) -> dict:
         t0 = time.perf_counter()
         for step in steps:
             for b in step:
-                loss = batch_loss(model, amp, b.input_ids, b.attention_mask, b.labels, b.weight)
+                loss = batch_loss(scored, amp, **tensors(b))
                 (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.step(optimizer)
@@ -420,7 +431,7 @@ def run_bare(ctx: Context, fast_folder: Path) -> dict:
         sync(device)
         seconds = time.perf_counter() - t0
     if not math.isfinite(loss.item()):
-        raise BenchError(f"variant e: loss became {loss.item()}")
+        raise BenchError(f"the bare loop over {kit_folder.name}'s batches: loss became {loss.item()}")
     del model, optimizer
     rows = sum(b.n_rows for step in steps for b in step)
     real = sum(b.n_tokens for step in steps for b in step)
@@ -436,9 +447,10 @@ def parse_variants(spec: str) -> list[str]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or len(set(variants)) != len(variants):
         raise BenchError(f"--variants {spec!r}: expected a comma-separated subset of {','.join(VARIANTS)}")
-    if "e" in variants and "d" not in variants:
-        raise BenchError(f"--variants {spec!r}: e trains d's batches, so it needs d too")
-    return [v for v in VARIANTS if v in variants]  # d before e, whatever order was given
+    for bare, kit in BARE.items():
+        if bare in variants and kit not in variants:
+            raise BenchError(f"--variants {spec!r}: {bare} trains {kit}'s batches, so it needs {kit} too")
+    return [v for v in VARIANTS if v in variants]  # d before e and p before q, whatever order was given
 
 
 def add_ratios(frame: pd.DataFrame) -> None:
@@ -447,9 +459,14 @@ def add_ratios(frame: pd.DataFrame) -> None:
     flagperf = speed[speed.index.isin(["a", STRICT_FP32])]
     refs = {"x_vs_flagperf": flagperf.max() if len(flagperf) else math.nan}
     refs["x_vs_hf_trainer"] = speed.get("b", math.nan)
-    refs["x_vs_bare"] = speed.get("e", math.nan)
+    refs["x_vs_fast"] = speed.get("d", math.nan)
     for col, ref in refs.items():
         frame[col] = frame["samples_per_s"] / ref
+    # each kit variant, and its bare loop, over that bare loop over the same batches (d: e; p: q)
+    bare_of = {kit: bare for bare, kit in BARE.items()} | dict(zip(BARE, BARE, strict=True))
+    frame["x_vs_bare"] = [
+        row.samples_per_s / speed.get(bare_of.get(row.variant, "e"), math.nan) for row in frame.itertuples()
+    ]
     tokens = frame.set_index("variant")["tokens_per_s"]
     frame["tokens_x_vs_flagperf"] = frame["tokens_per_s"] / (tokens[flagperf.idxmax()] if len(flagperf) else math.nan)
 
@@ -495,10 +512,11 @@ def benchmark(args) -> pd.DataFrame:
                 results[key] = run_flagperf(ctx, train.head(flagperf_rows), tf32=tf32)
             elif v == "b":
                 results[key] = run_hf_trainer(ctx, train, bf16=fast_bf16)
-            elif v == "e":
-                results[key] = run_bare(ctx, tmp / "kit-d")
+            elif v in BARE:
+                results[key] = run_bare(ctx, tmp / f"kit-{BARE[v]}")
             else:
-                results[key], _ = run_kit(ctx, fast=v == "d", rows=rows, name=v, **(fast_set if v == "d" else {}))
+                settings = {**fast_set, **({"packing": True} if v == "p" else {})} if v in ("d", "p") else {}
+                results[key], _ = run_kit(ctx, fast=v in ("d", "p"), rows=rows, name=v, **settings)
             r = results[key]
             r["wall_s"] = time.perf_counter() - t0
             r["others_cpu_share"] = share = contention.others_share()
@@ -518,7 +536,12 @@ def benchmark(args) -> pd.DataFrame:
             trim_heap()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    labels = {**VARIANTS, STRICT_FP32: VARIANTS["a"] + ", strict fp32", "d": VARIANTS["d"] + fast_label(fast_set)}
+    labels = {
+        **VARIANTS,
+        STRICT_FP32: VARIANTS["a"] + ", strict fp32",
+        "d": VARIANTS["d"] + fast_label(fast_set),
+        "p": VARIANTS["p"] + fast_label(fast_set),
+    }
     frame = pd.DataFrame([{"variant": k, "label": labels[k], **r} for k, r in results.items()])
     add_ratios(frame)
     model_name = "random-distilbert-tiny" if args.model == "random-distilbert" and args.tiny else args.model
@@ -582,6 +605,7 @@ def print_table(frame: pd.DataFrame) -> None:
         "compile_s",
         "x_vs_flagperf",
         "x_vs_hf_trainer",
+        "x_vs_fast",
         "x_vs_bare",
     ]
     first = frame.iloc[0]
@@ -625,7 +649,7 @@ def parse_args(argv=None):
         default=None,
         help="tokenizer folder (default: the packaged MiniLM's, which is distilbert-base-uncased's vocabulary)",
     )
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     add_run_options(p, dev_rows_default="all 872; 32 with --tiny")
     p.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: seconds, for CI")
     p.add_argument(

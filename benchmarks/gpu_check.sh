@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check: one command on one H100/H200 (about 6 minutes, 9 at most), no network, no pip.
+# The prepared GPU check: one command on one H100/H200 (about 5 minutes, 10 at most), no network, no pip.
 #
 #   benchmarks/gpu_check.sh --prepare     # here, once: copies what the check reads into .gpu-carry/ (git-ignored)
 #   benchmarks/gpu_check.sh               # on the GPU machine, with .gpu-carry carried beside the checkout
@@ -12,7 +12,8 @@
 #   pytest   pytest -m gpu: graphed vs eager steps (fp32, bf16, fused capturable AdamW, base size), no host sync in
 #            steady-state steps, SIGINT-and-resume equal to the uninterrupted run, torchrun, compile
 #   ten      FlagPerf's 10 epochs of the fast recipe (params/fast.yaml) on all of SST-2, target off
-#   bench    benchmarks/bench.py at the 256 recipe, variants a-e (a with TF32 and a-fp32 strict)
+#   packed   the same with packing: true (whole sentences end to end, no padding computed)
+#   bench    benchmarks/bench.py at the 256 recipe, variants a-e, p, q (a with TF32 and a-fp32 strict)
 #   seeds    one seed alone, then 5 seeds at once (--concurrent 5), one epoch each on all of SST-2
 #   summary  benchmarks/gpu_summary.py: every part's figures against the GPU issue's targets, in one JSON
 # Everything lands in --out (default $OUT, else bench_out/gpu-check): the log, summary.json, and after every part
@@ -21,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0 PREPARE=0 CARRY=.gpu-carry OUT_DIR="${OUT:-bench_out/gpu-check}" ONLY=pytest,ten,bench,seeds
+DRY=0 PREPARE=0 CARRY=.gpu-carry OUT_DIR="${OUT:-bench_out/gpu-check}" ONLY=pytest,ten,packed,bench,seeds
 while (($#)); do
     case "$1" in
     --dry-run) DRY=1 ;;
@@ -65,11 +66,11 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONDO
 echo "part,rc,seconds,limit_s" >"$R/parts.csv"
 
 if ((DRY)); then
-    LIMITS=(env=60 model=60 pytest=120 ten=180 bench=240 seeds=240 summary=60)
+    LIMITS=(env=60 model=60 pytest=120 ten=180 packed=180 bench=240 seeds=240 summary=60)
     BASE="" DEVICE=cpu SIZE=(--set max_train_samples=512 --set epochs=2 --set eval_batch_size=256)
     BENCH=(--tiny) SEEDS=0,1 AT_ONCE=2 SEED_SIZE=(--set max_train_samples=256)
 else
-    LIMITS=(env=30 model=60 pytest=180 ten=140 bench=150 seeds=130 summary=30)
+    LIMITS=(env=30 model=60 pytest=180 ten=140 packed=120 bench=180 seeds=130 summary=30)
     BASE=--base DEVICE=cuda SIZE=()
     BENCH=(--rows 32768 --flagperf-rows 2048 --dev-rows 128) SEEDS=0,1,2,3,4 AT_ONCE=5 SEED_SIZE=()
 fi
@@ -127,6 +128,13 @@ ten_part() {
     return $rc
 }
 
+packed_part() {
+    fast_run --set output_dir="$WORK/packed" --set packing=true "${SIZE[@]}"
+    local rc=$?
+    keep_run "$WORK/packed" "$R/ten-epochs-packed"
+    return $rc
+}
+
 seeds_part() { # wall seconds of one seed alone and of the seeds at once, processes' start-up included
     local t0 one many rc
     t0=$(date +%s.%N)
@@ -149,6 +157,7 @@ part env env_part
 part model python3 -m distil_kit random-model --tokenizer "$CARRY/tokenizer" --out "$WORK/model" $BASE
 part pytest python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --junitxml="$R/pytest.xml"
 part ten ten_part
+part packed packed_part
 part bench python3 benchmarks/bench.py "${BENCH[@]}" --tokenizer "$CARRY/tokenizer" --data "$CARRY/sst2" \
     --out "$R/bench"
 part seeds seeds_part

@@ -1,9 +1,9 @@
 """The GPU check's figures in one place: what each part of ``benchmarks/gpu_check.sh`` measured, read from the files
-it left in its results folder, set against the GPU issue's targets.
+it left in its results folder, set against the kit's GPU goals.
 
   python benchmarks/gpu_summary.py <results folder> --out summary.json
 
-Targets (one H100/H200, bf16): FlagPerf's 10 epochs of the fast recipe in under 10 s of training time (FlagPerf's
+Goals (one H100/H200, bf16): FlagPerf's 10 epochs of the fast recipe in under 10 s of training time (FlagPerf's
 train_time: evaluations in, captures out); at least 30% model FLOP utilisation on real tokens (6 x non-embedding
 parameters x real tokens/s over the bf16 matmul rate bench.py measured on the same device); 5 seeds at once in
 under twice the time of one. A target whose part did not run or left no figure is reported as unmeasured (null).
@@ -73,13 +73,14 @@ def bench(folder: Path) -> pd.DataFrame | None:
     return pd.read_csv(csvs[-1]) if csvs else None
 
 
-def ten_epochs(folder: Path, frame: pd.DataFrame | None) -> dict | None:
-    summary = _json(folder / "ten-epochs" / "summary.json")
+def ten_epochs(folder: Path, frame: pd.DataFrame | None, name: str = "ten-epochs") -> dict | None:
+    summary = _json(folder / name / "summary.json")
     if summary is None:
         return None
-    config = _json(folder / "ten-epochs" / "config.json") or {}
+    config = _json(folder / name / "config.json") or {}
     out = {k: summary.get(k) for k in TEN_FIELDS}
-    out.update({k: config.get(k) for k in ("precision", "micro_batch_size", "cuda_graphs", "fused_adamw")})
+    keys = ("precision", "micro_batch_size", "cuda_graphs", "fused_adamw", "packing")
+    out.update({k: config.get(k) for k in keys})
     if summary.get("train_padded_tokens"):
         out["padded_per_real_token"] = round(summary["train_padded_tokens"] / summary["train_tokens"], 3)
     if frame is not None and summary.get("tokens_per_s"):
@@ -112,11 +113,14 @@ def seeds(folder: Path) -> dict | None:
     return out
 
 
-def targets(ten: dict | None, seed: dict | None) -> list[dict]:
+def targets(ten: dict | None, seed: dict | None, packed: dict | None = None) -> list[dict]:
+    """The goals against the faster of the padded and packed ten-epoch runs."""
+
     def row(name, value, bound, met):
         return {"target": name, "measured": value, "bound": bound, "met": None if value is None else met(value)}
 
-    ten = ten or {}
+    runs = [r for r in (ten, packed) if r and r.get("train_time") is not None]
+    ten = min(runs, key=lambda r: r["train_time"]) if runs else {}
     seed = seed or {}
     return [
         row("10 epochs, training time s (bf16)", ten.get("train_time"), TEN_EPOCHS_S, lambda v: v < TEN_EPOCHS_S),
@@ -128,6 +132,7 @@ def targets(ten: dict | None, seed: dict | None) -> list[dict]:
 def gather(folder: Path) -> dict:
     frame = bench(folder)
     ten, seed = ten_epochs(folder, frame), seeds(folder)
+    packed = ten_epochs(folder, frame, "ten-epochs-packed")
     bench_rows = None
     if frame is not None:
         keep = [
@@ -143,6 +148,7 @@ def gather(folder: Path) -> dict:
                 "mfu",
                 "x_vs_flagperf",
                 "x_vs_hf_trainer",
+                "x_vs_fast",
                 "x_vs_bare",
             )
             if c in frame
@@ -155,9 +161,10 @@ def gather(folder: Path) -> dict:
         "pytest": pytest_counts(folder),
         "gpu_tests": reports(folder),
         "ten_epochs": ten,
+        "ten_epochs_packed": packed,
         "bench": bench_rows,
         "seeds": seed,
-        "targets": targets(ten, seed),
+        "targets": targets(ten, seed, packed),
     }
 
 
@@ -173,7 +180,8 @@ def main(argv=None) -> int:
     for t in result["targets"]:
         verdict = {True: "met", False: "NOT met", None: "unmeasured"}[t["met"]]
         print(f"{t['target']}: {t['measured']} (bound {t['bound']}): {verdict}")
-    print(json.dumps({k: result[k] for k in ("parts", "pytest", "ten_epochs", "seeds")}, indent=1))
+    shown = ("parts", "pytest", "ten_epochs", "ten_epochs_packed", "seeds")
+    print(json.dumps({k: result[k] for k in shown}, indent=1))
     return 0
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from .config import micro_batches_per_step
 from .data import Split
+from .packing import bins, pack_width
 
 
 class Batch(NamedTuple):
@@ -79,6 +80,53 @@ class TrimCollate:
             weight=torch.from_numpy(weight),
             n_rows=int(real.sum()),
             n_tokens=int(lengths[real].sum()),
+        )
+
+
+class PackCollate:
+    """Rows of a split (``batching.SplitDataset`` items) into one packed ``Batch``: ``input_ids`` [R, width] with
+    the sentences end to end, ``attention_mask`` the segment of each token (1, 2, ... within its row; 0 for
+    padding), ``position_ids`` from 0 in each sentence, ``starts`` each sentence's first token as a flat index
+    into [R * width]; ``labels``, ``idx`` and ``weight`` per sentence, in the rows' order."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def shape(self, lengths, padded_width: int) -> tuple[int, int]:
+        """The packed ``input_ids`` shape of sentences of these lengths (``padded_width`` unused: the width is
+        the run's)."""
+        return len(bins(lengths, self.width)), self.width
+
+    def __call__(self, rows) -> Batch:
+        ids, mask, label, idx, weight = zip(*rows, strict=True)
+        lengths = [int(m.sum()) for m in mask]
+        groups = bins(lengths, self.width)
+        shape = (len(groups), self.width)
+        input_ids = np.zeros(shape, dtype=np.int64)
+        segments = np.zeros(shape, dtype=np.int64)
+        positions = np.zeros(shape, dtype=np.int64)
+        starts = np.zeros(len(rows), dtype=np.int64)
+        for r, members in enumerate(groups):
+            at = 0
+            for segment, i in enumerate(members, start=1):
+                n = lengths[i]
+                input_ids[r, at : at + n] = ids[i][:n]
+                segments[r, at : at + n] = segment
+                positions[r, at : at + n] = np.arange(n)
+                starts[i] = r * self.width + at
+                at += n
+        weight = np.asarray(weight, dtype=np.float32)
+        real = weight > 0
+        return Batch(
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(segments),
+            labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
+            idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
+            weight=torch.from_numpy(weight),
+            n_rows=int(real.sum()),
+            n_tokens=int(np.asarray(lengths)[real].sum()),
+            position_ids=torch.from_numpy(positions),
+            starts=torch.from_numpy(starts),
         )
 
 
@@ -184,10 +232,15 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False, collate_fn=None):
+def collate_for(split: Split, cfg) -> TrimCollate | PackCollate:
+    """How rows of ``split`` become a batch in a run of ``cfg``: packed into rows as wide as the split's longest
+    row (rounded up to 8) where ``cfg.packing``, else trimmed to each batch's longest row."""
+    return PackCollate(pack_width(int(split.lengths.max()))) if cfg.packing else TrimCollate(cfg.pad_to_multiple_of)
+
+
+def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
     """The run's training micro-batches (``cfg.micro_batch_size`` rows per device): its ``EpochBatches`` sampler
-    (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``;
-    ``collate_fn``: how rows become a batch (``TrimCollate`` at ``cfg.pad_to_multiple_of`` unless given)."""
+    (``set_epoch`` selects the epoch) and the DataLoader over it. ``cfg``: the run's resolved ``RunConfig``."""
     sampler = EpochBatches(
         split.lengths,
         cfg.micro_batch_size,
@@ -200,7 +253,7 @@ def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memo
     loader = torch.utils.data.DataLoader(
         SplitDataset(split),
         batch_sampler=sampler,
-        collate_fn=collate_fn or TrimCollate(cfg.pad_to_multiple_of),
+        collate_fn=collate_for(split, cfg),
         num_workers=cfg.num_workers,
         pin_memory=pin_memory,
         persistent_workers=cfg.num_workers > 0,

@@ -101,16 +101,8 @@ class Trainer:
             cfg = _fitted_micro_batch(cfg, self.model, self.splits["train"], device, world)
         self.cfg = cfg
 
-        # one width for the run's packed rows: every sentence of either split fits one
-        longest = max(int(split.lengths.max()) for split in self.splits.values())
-        self.pack_width = packing.pack_width(longest) if cfg.packing else None
         self.sampler, self.loader = train_loader(
-            self.splits["train"],
-            cfg,
-            rank=world.rank,
-            world_size=world.size,
-            pin_memory=device.type == "cuda",
-            collate_fn=packing.PackCollate(self.pack_width) if cfg.packing else None,
+            self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
         )
 
         self.accumulation = micro_batches_per_step(cfg)  # 1 when fused (micro_batch_size: the whole step)
@@ -251,7 +243,7 @@ class Trainer:
             world=self.world,
             amp=lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs),
             pad_to_multiple_of=cfg.pad_to_multiple_of,
-            pack_width=self.pack_width,
+            packing=cfg.packing,
         )
 
     def evaluate(self) -> float:

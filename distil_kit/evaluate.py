@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .batching import SplitDataset, TrimCollate, eval_batches, tensors
+from .batching import PackCollate, SplitDataset, TrimCollate, eval_batches, tensors
 from .data import Split
-from .packing import PackCollate, PackedClassifier
+from .packing import PackedClassifier, pack_width
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,14 @@ def evaluate(
     world: distributed.World | None = None,
     amp=nullcontext,
     pad_to_multiple_of: int = 1,
-    pack_width: int | None = None,
+    packing: bool = False,
 ) -> Evaluation:
-    """Score every dev row once; ``amp`` makes the autocast context the run trains in. With ``pack_width``, the
-    batches are packed (``packing``) into rows of that width."""
+    """Score every dev row once; ``amp`` makes the autocast context the run trains in; ``packing``: in packed
+    batches (``packing``)."""
     world = world or distributed.World()
     dataset = SplitDataset(dev)
-    collate = PackCollate(pack_width) if pack_width else TrimCollate(pad_to_multiple_of)
-    scored = PackedClassifier(model) if pack_width else model
+    collate = PackCollate(pack_width(int(dev.lengths.max()))) if packing else TrimCollate(pad_to_multiple_of)
+    scored = PackedClassifier(model) if packing else model
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)

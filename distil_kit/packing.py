@@ -1,11 +1,11 @@
 """Padding-free batches: whole sentences packed into rows of one width, each attending only to itself.
 
 SST-2's sentences average 13 tokens (the longest 66): padded to a batch's longest row, most of what the model
-computes is padding. Packed, a batch's sentences lie end to end in rows of ``width`` tokens (first-fit decreasing,
-whole sentences only), each with its own position ids from 0 and a block-diagonal attention mask, so every
-sentence's hidden states are the ones it would have alone; each is classified from its own first token through
-its model family's own head (``PackedClassifier``), with the model's own modules and weights. Packing changes how
-a batch is laid out, never the model: the saved model is the ordinary one.
+computes is padding. Packed (``batching.PackCollate``), a batch's sentences lie end to end in rows of one width
+(``bins``: first-fit decreasing, whole sentences only), each with its own position ids from 0 and a block-diagonal
+attention mask, so every sentence's hidden states are the ones it would have alone; each is classified from its own
+first token through its model family's own head (``PackedClassifier``), with the model's own modules and weights.
+Packing changes how a batch is laid out, never the model: the saved model is the ordinary one.
 
 The mask reaches the model as a 4-D tensor, which transformers passes through as it is: no forward looks at a
 2-D padding mask on the host.
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
-
-from .batching import Batch
 
 FAMILIES = ("distilbert", "bert")  # encoders whose classification head is known here (all-MiniLM-L6-v2 is a BERT)
 
@@ -51,53 +48,6 @@ def bins(lengths, width: int) -> list[list[int]]:
             rows[row].append(i)
             room[row] -= n
     return rows
-
-
-class PackCollate:
-    """Rows of a split (``batching.SplitDataset`` items) into one packed ``Batch``: ``input_ids`` [R, width] with
-    the sentences end to end, ``attention_mask`` the segment of each token (1, 2, ... within its row; 0 for
-    padding), ``position_ids`` from 0 in each sentence, ``starts`` each sentence's first token as a flat index
-    into [R * width]; ``labels``, ``idx`` and ``weight`` per sentence, in the rows' order."""
-
-    def __init__(self, width: int):
-        self.width = width
-
-    def shape(self, lengths, padded_width: int) -> tuple[int, int]:
-        """The packed ``input_ids`` shape of sentences of these lengths (``padded_width`` unused: the width is
-        the run's)."""
-        return len(bins(lengths, self.width)), self.width
-
-    def __call__(self, rows) -> Batch:
-        ids, mask, label, idx, weight = zip(*rows, strict=True)
-        lengths = [int(m.sum()) for m in mask]
-        groups = bins(lengths, self.width)
-        shape = (len(groups), self.width)
-        input_ids = np.zeros(shape, dtype=np.int64)
-        segments = np.zeros(shape, dtype=np.int64)
-        positions = np.zeros(shape, dtype=np.int64)
-        starts = np.zeros(len(rows), dtype=np.int64)
-        for r, members in enumerate(groups):
-            at = 0
-            for segment, i in enumerate(members, start=1):
-                n = lengths[i]
-                input_ids[r, at : at + n] = ids[i][:n]
-                segments[r, at : at + n] = segment
-                positions[r, at : at + n] = np.arange(n)
-                starts[i] = r * self.width + at
-                at += n
-        weight = np.asarray(weight, dtype=np.float32)
-        real = weight > 0
-        return Batch(
-            input_ids=torch.from_numpy(input_ids),
-            attention_mask=torch.from_numpy(segments),
-            labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
-            idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
-            weight=torch.from_numpy(weight),
-            n_rows=int(real.sum()),
-            n_tokens=int(np.asarray(lengths)[real].sum()),
-            position_ids=torch.from_numpy(positions),
-            starts=torch.from_numpy(starts),
-        )
 
 
 def block_mask(segments: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:

@@ -59,7 +59,7 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
 
     [csv] = list(tmp_path.glob("bench-cpu-*.csv"))
     frame = pd.read_csv(csv)
-    assert list(frame["variant"]) == ["a", "b", "c", "d", "e"]  # a CPU has no TF32: no strict-fp32 row
+    assert list(frame["variant"]) == ["a", "b", "c", "d", "e", "p", "q"]  # a CPU has no TF32: no strict-fp32 row
     # the fixtures that stand in for recorded results keep the schema bench.py writes
     assert list(frame.columns) == list(pd.read_csv(FIXTURES / "bench-sample-1.csv").columns)
     assert (frame["samples_per_s"] > 0).all() and (frame["tokens_per_s"] > 0).all()
@@ -69,26 +69,36 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
     assert ((frame["mfu"] > 0) & (frame["mfu"] < 1)).all() and (frame["matmul_tflops"] > 0).all()
     assert (frame["global_batch"] == 256).all() and (frame["micro_batch"] == 32).all()  # a CPU's fast path: 8 x 32
     by = frame.set_index("variant")
-    assert by.loc["a", "x_vs_flagperf"] == 1 and by.loc["b", "x_vs_hf_trainer"] == 1 and by.loc["e", "x_vs_bare"] == 1
+    assert by.loc["a", "x_vs_flagperf"] == 1 and by.loc["b", "x_vs_hf_trainer"] == 1 and by.loc["d", "x_vs_fast"] == 1
+    assert by.loc["e", "x_vs_bare"] == by.loc["q", "x_vs_bare"] == 1  # each bare loop is its kit variant's reference
+    p_over_q = by.loc["p", "samples_per_s"] / by.loc["q", "samples_per_s"]
+    assert by.loc["p", "x_vs_bare"] == pytest.approx(p_over_q, rel=1e-4)
     # every variant trained the same rows: same real tokens (a may get fewer rows, never here with --tiny)
     assert by["real_tokens"].nunique() == 1 and by["rows_timed"].nunique() == 1
     assert by.loc["a", "padded_tokens"] == by.loc["a", "rows_timed"] * 512
     assert (by["padded_tokens"] >= by["real_tokens"]).all()
-    # e trained exactly d's batches, in d's precision
+    # e trained exactly d's batches, in d's precision, and q p's packed ones, which compute far fewer tokens
     for column in ("padded_tokens", "steps", "precision"):
         assert by.loc["e", column] == by.loc["d", column], column
+        assert by.loc["q", column] == by.loc["p", column], column
+    assert by.loc["p", "padded_tokens"] < 0.8 * by.loc["d", "padded_tokens"]
     # 64 rows at FlagPerf's 32 x 8: one (short) optimizer step everywhere
     assert (by["steps"] == 1).all()
     assert frame["model"].iloc[0] == "random-distilbert-tiny"
     assert "bench-cpu" in csv.name and csv.name.endswith(".csv")
     # the printed table and targets, the padding-adjusted one from the padded counts (b pads more than d)
     assert "x_vs_bare" in done.stdout and "target d >= 2.5x hf_trainer: " in done.stdout
+    assert "target p >= 1.3x fast: " in done.stdout
     assert re.search(r"target d >= 0.9 x its padding advantage over b \((\d\.\d+)x\)", done.stdout)
 
 
 @pytest.mark.parametrize(
     ("variants", "expected"),
-    [("a,f", "expected a comma-separated subset of a,b,c,d,e"), ("a,e", "e trains d's batches, so it needs d")],
+    [
+        ("a,f", "expected a comma-separated subset of a,b,c,d,e,p,q"),
+        ("a,e", "e trains d's batches, so it needs d"),
+        ("d,q", "q trains p's batches, so it needs p"),
+    ],
 )
 def test_bad_variants_fail_loudly(tmp_path, sst2_dir, minilm_dir, variants, expected):
     done = subprocess.run(

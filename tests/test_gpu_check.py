@@ -33,15 +33,16 @@ def test_the_gpu_check_runs_end_to_end_on_a_cpu(sst2_dir, tmp_path):
     with tarfile.open(out / "gpu-check.tar.gz") as tar:
         names = set(tar.getnames())
         parts = list(csv.DictReader(tar.extractfile("check/parts.csv").read().decode().splitlines()))
-    assert [p["part"] for p in parts] == ["env", "model", "pytest", "ten", "bench", "seeds", "summary"]
+    assert [p["part"] for p in parts] == ["env", "model", "pytest", "ten", "packed", "bench", "seeds", "summary"]
     assert all(p["rc"] == "0" for p in parts), parts
     for name in ("ten-epochs/summary.json", "ten-epochs/evals.csv", "seeds/at-once/sweep.json", "pytest.xml"):
         assert f"check/{name}" in names
     assert not any(n.endswith((".pt", ".safetensors")) for n in names), "weights and checkpoints stay behind"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ten_epochs"]["epochs_run"] == 2 and summary["seeds"]["finished_at_once"] == 2
+    assert summary["ten_epochs_packed"]["packing"] and summary["ten_epochs_packed"]["padded_per_real_token"] < 1.15
     assert all(t["measured"] is not None for t in summary["targets"])
-    assert {r["variant"] for r in summary["bench"]} >= set("abcde")
+    assert {r["variant"] for r in summary["bench"]} >= set("abcdepq")
     assert "=== seeds: rc 0" in (out / "gpu-check.log").read_text()
 
 

@@ -8,10 +8,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from distil_kit import RunConfig, finetune
-from distil_kit.batching import SplitDataset, TrimCollate, tensors
+from distil_kit.batching import PackCollate, SplitDataset, TrimCollate, tensors
 from distil_kit.data import load_sst2
 from distil_kit.errors import KitError
-from distil_kit.packing import PackCollate, PackedClassifier, bins, pack_width
+from distil_kit.packing import PackedClassifier, bins, pack_width
 from distil_kit.preprocess import tokenize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
