@@ -24,7 +24,7 @@ import torch
 from . import atomic, checkpoint, data, distributed, micro_batch, model_card, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import train_loader
-from .callbacks import CallbackList, default_progress
+from .callbacks import Callback, CallbackList, TqdmProgress
 from .config import RunConfig, micro_batches_per_step
 from .errors import KitError
 from .evaluate import Evaluation, evaluate
@@ -351,10 +351,13 @@ def _stop(trainer: Trainer, signals: StopSignals, checkpoint: bool) -> None:
     )
 
 
-def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) -> records.Run:
+def finetune(
+    config: RunConfig | dict | None = None, callbacks=(), progress: Callback | None = None, **overrides
+) -> records.Run:
     """Fine-tune per ``config`` (a RunConfig or a dict of parameters, updated by ``overrides``) and return the Run.
 
-    ``callbacks`` (``callbacks.Callback``) observe the run, after the progress display (``default_progress``).
+    ``callbacks`` (``callbacks.Callback``) observe the run, after ``progress``, the progress display (the caller's
+    choice: ``notebook.finetune`` hands in a ``notebook.NotebookProgress``; by default terminal bars).
     Under torchrun every rank calls this; only rank 0 writes the run folder.
     """
     started = time.perf_counter()
@@ -388,7 +391,7 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
             records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
             if cfg.resume:
                 distributed.on_main(world, lambda: resuming.check_data_unchanged(out, cfg.data_dir))
-            callbacks = [default_progress(), *callbacks]
+            callbacks = [progress or TqdmProgress(), *callbacks]
             trainer = Trainer(cfg, world, device, started, callbacks, fit_micro)  # loads, checks inputs
             if cfg.resume:
                 state, path = checkpoint.load_latest(out / "checkpoints")

@@ -15,6 +15,7 @@ import pytest
 from distil_kit import analysis, plots, records, reference, stats
 from distil_kit.data import Split
 from distil_kit.errors import KitError
+from distil_kit.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length", "seeds")
@@ -394,7 +395,7 @@ def test_token_length_histogram():
 
 
 def test_report_writes_every_figure_and_table(run_root, tmp_path):
-    written = analysis.report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
+    written = write_report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
     assert (
         {p.name for p in (tmp_path / "out").iterdir()}
         == set(written)

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distil_kit import KitError, callbacks, notebook
+from distil_kit import KitError, notebook
 from distil_kit.config import list_parameter
 from distil_kit.notebook import View, clock, eta_seconds, project_root
 
@@ -112,9 +112,8 @@ def test_a_list_parameter_that_is_not_one_says_where_it_looked_and_how_to_pass_a
         assert f"no file or folder under {tmp_path} matches it" in message
 
 
-def test_terminal_runs_get_tqdm_bars():
+def test_a_terminal_is_no_kernel():
     assert not notebook.in_kernel()
-    assert type(callbacks.default_progress()) is callbacks.TqdmProgress
 
 
 # --- the notebook files -----------------------------------------------------------------------------------------
@@ -167,25 +166,25 @@ def _text(outputs: list[dict], name: str | None = None) -> str:
     return "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and name in (None, o.name))
 
 
-def test_kernel_setup_paths_errors_and_progress_choice(kernel_env, tmp_path):
+def test_kernel_setup_paths_errors_and_kernel_check(kernel_env, tmp_path):
     kit = tmp_path / "kit"
     shutil.copytree(ROOT / "notebooks", kit / "notebooks")
     cells = _execute(
         [
-            "import os\nfrom distil_kit import callbacks, notebook\nnotebook.setup()\nprint(os.getcwd())",
+            "import os\nfrom distil_kit import notebook\nnotebook.setup()\nprint(os.getcwd())",
             "import transformers.utils.logging  # imports tqdm.auto, which warns in a kernel without ipywidgets",
-            "print(type(callbacks.default_progress()).__name__)",
+            "print(notebook.in_kernel())",
             "from distil_kit import KitError\nraise KitError('output_dir runs/x holds a finished run')",
             "raise ValueError('a bug')",
         ],
         cwd=kit / "notebooks",
     )
-    moved, imported, chosen, kit_error, bug = cells
+    moved, imported, in_kernel, kit_error, bug = cells
     assert _text(moved).splitlines() == [
         f"working directory: {kit} (relative paths start here, as from the repository root)",
         str(kit),
     ]
-    assert _text(chosen) == "NotebookProgress\n"
+    assert _text(in_kernel) == "True\n"
     assert not _text(imported, STDERR), _text(imported, STDERR)  # no "TqdmWarning: IProgress not found"
     (error,) = kit_error
     assert error.output_type == "error" and error.ename == "KitError"  # still an error: papermill stops on it

@@ -243,3 +243,33 @@ def test_report_cli_and_analysis_notebook_write_the_same_files(tiny_model, sst2_
     assert cli.main(["report", str(run.folder), "--out", str(tmp_path / "x"), "--benchmarks", "no-such.csv"]) == 2
     assert not (tmp_path / "x").exists()
 
+
+def _kit_imports(path: Path, modules: set[str]) -> set[str]:
+    """The kit's modules ``path`` imports, at the top or inside a function: ``from . import x``, ``from .x import``
+    and ``import distil_kit.x``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distil_kit."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "distil_kit":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("distil_kit.")}
+    return found & modules
+
+
+def test_the_kits_modules_import_one_way():
+    """No import circle among distil_kit's modules, counting imports inside functions: each module builds on those
+    below it (the front door, notebook and cli, picks the progress display and hands it to the engine; plots builds
+    on analysis)."""
+    import graphlib
+
+    package = ROOT / "distil_kit"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    graph = {name: _kit_imports(package / f"{name}.py", modules) for name in modules}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"an import circle: {' -> '.join(e.args[1])}")
