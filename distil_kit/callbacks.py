@@ -54,7 +54,8 @@ class TqdmProgress(Callback):
             return
         cfg, p = trainer.cfg, trainer.progress
         print(
-            f"{trainer.train_rows} training rows; global batch {trainer.global_batch_size} "
+            f"training on {trainer.hardware}: {trainer.train_rows} training rows; global batch "
+            f"{trainer.global_batch_size} "
             f"({cfg.train_batch_size} per process x {trainer.world.size} process(es) x "
             f"{cfg.gradient_accumulation_steps} accumulated), trained {trainer.accumulation} micro-batch(es) of "
             f"{cfg.micro_batch_size} rows a step; {trainer.total_steps} optimizer steps"

@@ -51,6 +51,9 @@ class RunConfig:
     device: str = _p("auto", "auto, cpu, cuda or cuda:N")
     max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
     num_workers: int = _p(0, "DataLoader worker processes")
+    threads: int | None = _p(
+        None, "CPU threads torch computes with (torch.set_num_threads) during the run; null: torch's own choice"
+    )
     collective_timeout_s: float = _p(300.0, "under torchrun: seconds a rank waits for the others before stopping")
     save_model: bool = _p(True, "save the fine-tuned model and tokenizer into <output_dir>/model")
     log_every: int = _p(10, "optimizer steps per steps.csv row (the only host sync of the loss)")
@@ -140,6 +143,7 @@ class RunConfig:
         )
         need(0 <= self.seed < 2**32, "seed", "a whole number >= 0 and < 2**32")
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
+        need(self.threads is None or self.threads > 0, "threads", "a whole number > 0 or null")
         need(self.collective_timeout_s > 0, "collective_timeout_s", "a number of seconds > 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
         need(self.checkpoint_minutes >= 0, "checkpoint_minutes", "a number >= 0")

@@ -15,7 +15,7 @@ import os
 import resource
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +119,12 @@ class Trainer:
     @property
     def batches_per_epoch(self) -> int:
         return len(self.sampler)
+
+    @property
+    def hardware(self) -> str:
+        """What trains: the device (a GPU's name with it) and the CPU threads torch computes with."""
+        name = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        return f"{self.device}{name}, {torch.get_num_threads()} CPU thread(s)"
 
     @property
     def train_rows(self) -> int:
@@ -384,7 +390,8 @@ def finetune(
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
         records.check_folder_path(out, "output_dir")
-        with records.lock_run(out) if world.main else nullcontext():  # one process per run folder
+        # one process per run folder; the run's CPU threads (resolve_config: torch's choice unless set)
+        with records.lock_run(out) if world.main else nullcontext(), torch_threads(cfg.threads):
             distributed.on_main(world, lambda: _tidy(out))
             # A taken folder, a resume without a readable checkpoint or with another world size: refused before
             # loading.
@@ -402,6 +409,18 @@ def finetune(
             distributed.on_main(world, lambda: _start_run_folder(trainer))
             _run(trainer, signals, resumed=cfg.resume)
     return records.Run(Path(cfg.output_dir))
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """torch's CPU threads set to ``threads`` while inside, then back: in a kernel the next run starts from torch's
+    own choice again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:

@@ -117,7 +117,7 @@ class View:
     """What the display shows, read off the trainer at an event; rendered by ``html`` and ``text``."""
 
     folder: str
-    plan: str  # rows, batch and steps
+    plan: str  # rows, batch and steps; the device and CPU threads
     step: int
     total_steps: int
     epoch: int  # the epoch being trained (1-based), or the epochs run once the run is over
@@ -289,7 +289,7 @@ class NotebookProgress(Callback):
         plan = (
             f"{trainer.train_rows:,} training rows, global batch {trainer.global_batch_size} "
             f"({cfg.train_batch_size} x {world.size} process(es) x {cfg.gradient_accumulation_steps}), "
-            f"{trainer.total_steps:,} optimizer steps"
+            f"{trainer.total_steps:,} optimizer steps; on {trainer.hardware}"
         )
         # the epoch being trained, or once the run is over (every epoch's batches done) the epochs run
         in_epoch = p.batches_done > 0 or (p.epoch < cfg.epochs and not p.converged)

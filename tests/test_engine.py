@@ -37,7 +37,7 @@ FLAGPERF_SUMMARY_KEYS = [
 def tiny_run(one_thread, tiny_model, sst2_dir, tmp_path):
     """Run a tiny model on the first rows of real SST-2; keyword arguments override the config."""
 
-    def run(**changes) -> Run:
+    def run(callbacks=(), **changes) -> Run:
         values = dict(
             model=str(tiny_model),
             data_dir=str(sst2_dir),
@@ -50,7 +50,7 @@ def tiny_run(one_thread, tiny_model, sst2_dir, tmp_path):
             save_model=False,
             overwrite=True,
         )
-        return finetune(RunConfig.from_dict({**values, **changes}))
+        return finetune(RunConfig.from_dict({**values, **changes}), callbacks=callbacks)
 
     return run
 
@@ -529,6 +529,28 @@ def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_pat
     run = finetune(config.replace(output_dir=str(tmp_path / "m")))
     assert run.config["max_train_samples"] == 2000 and run.config["fast"] and run.config["epochs"] == 1
     assert run.summary["acc_correct"] >= 611 and run.summary["dev_rows"] == 872
+
+
+def test_threads_are_the_runs_named_in_its_first_line_recorded_and_given_back(tiny_run, tmp_path, capsys):
+    from distil_kit import Callback
+    from distil_kit.resolve import resolve_config
+
+    class Threads(Callback):
+        seen = []
+
+        def on_log(self, trainer, row):
+            self.seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()  # one_thread's 1
+    run = tiny_run(callbacks=[Threads()], threads=2, max_train_samples=32)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("training on cpu, 2 CPU thread(s): 32 training rows; global batch 16 ")
+    assert Threads.seen == [2, 2] and run.config["threads"] == 2
+    assert torch.get_num_threads() == before  # a kernel's next run starts from torch's own choice
+    # null: torch's choice, recorded as the count
+    assert resolve_config(RunConfig(output_dir="unused"), torch.device("cpu")).threads == before
+    with pytest.raises(KitError, match=r"^parameter 'threads'=0: expected a whole number > 0 or null$"):
+        RunConfig(threads=0).validate()
 
 
 def test_cuda_graphs_on_cpu_is_refused_before_any_work(tiny_run, tmp_path):
