@@ -204,8 +204,7 @@ class Trainer:
         any rank asked to stop or for a timed checkpoint."""
         totals = self.window.reduce(self.world, stop_asked, self.checkpoint_due())
         bad = torch.nonzero(~torch.isfinite(totals.losses)).flatten()
-        if bad.numel():
-            self.save_records()
+        if bad.numel():  # the records hold every row before this one (each written as it was made)
             raise KitError(
                 f"loss became {totals.losses[bad[0]].item()} at step {self.window.step_of(int(bad[0]))} "
                 f"(epoch {self.progress.epoch + 1}); training stopped, records so far are in {self.out}"
@@ -215,6 +214,7 @@ class Trainer:
             totals, float(self.scheduler.get_last_lr()[0]), now, max(now - self.window.start, 1e-9)
         )
         self.window.reset(now)
+        self.record(steps=True)
         self.callbacks.fire("on_log", self, row)
         return totals
 
@@ -249,6 +249,7 @@ class Trainer:
             self.cfg.target_acc,
             training=self.clock.training,
         )
+        self.record(evals=True)
         self.callbacks.fire("on_evaluate", self, row)
         return result.accuracy
 
@@ -286,8 +287,7 @@ class Trainer:
         t0 = self.last_checkpoint = time.perf_counter()
         rng = distributed.gather_objects(checkpoint.rng_state(), self.world)
 
-        def write():  # records first: a checkpoint on disk always has its records beside it
-            self.save_records()
+        def write():  # the records beside it already hold every row up to this step (Trainer.record)
             self.checkpoints.save(self.state_dict(rng), self.out / "checkpoints", self.progress.step)
 
         distributed.on_main(self.world, write)
@@ -299,8 +299,21 @@ class Trainer:
         distributed.on_main(self.world, self.checkpoints.wait)
 
     def save_records(self) -> None:
+        """steps.csv and evals.csv whole from the progress: at the start, a resume's cut to its checkpoint."""
         if self.world.main:
             records.write_records(self.out, self.progress.steps_rows, self.progress.evals_rows)
+
+    def record(self, steps: bool = False, evals: bool = False) -> None:
+        """steps.csv or evals.csv rewritten with the row just made, so a killed run keeps its rows up to the last
+        one (each write atomic). Cheap next to what it follows (a log row's host sync, an evaluation); in the loop
+        its time is the loop's writing (checkpoint time), not compute."""
+        if not self.world.main:
+            return
+        t0 = time.perf_counter()
+        p = self.progress
+        records.write_records(self.out, p.steps_rows if steps else None, p.evals_rows if evals else None)
+        if self.clock.training:
+            self.clock.add("checkpoint", time.perf_counter() - t0)
 
     def summary(self) -> dict:
         return summary(
@@ -449,7 +462,6 @@ def _save_final(trainer: Trainer, result: dict) -> None:
     """The finished run's files; a failed write (a full disk) leaves the run unfinished with its last checkpoint,
     which a resume scores and saves again."""
     try:
-        trainer.save_records()
         records.write_predictions(trainer.out, trainer.predictions)
         if trainer.cfg.save_model:
 
@@ -497,6 +509,9 @@ def _start_run_folder(trainer: Trainer) -> None:
     write_json_atomic(out / "config.json", cfg.to_dict())  # on a resume: with its safe changes (resuming)
     if not cfg.resume:
         write_json_atomic(out / "manifest.json", _manifest(trainer))
+    # The records from the start: empty, or a resume's cut to its checkpoint (rows a killed run logged after the
+    # checkpoint are trained again, and would be there twice).
+    trainer.save_records()
 
 
 def _manifest(trainer: Trainer) -> dict:
