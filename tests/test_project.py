@@ -273,3 +273,19 @@ def test_the_kits_modules_import_one_way():
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as e:
         pytest.fail(f"an import circle: {' -> '.join(e.args[1])}")
+
+
+def test_analysis_notebook_checks_the_names_its_parameters_cell_declares():
+    """The analysis notebook's check of injected names (config.check_notebook_parameters) knows its parameters."""
+    from distil_kit.config import _parameter_names
+
+    cells = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4).cells
+    declared = next(_parameter_names(c.source) for c in cells if "parameters" in c.metadata.get("tags", []))
+    calls = [
+        node
+        for c in cells
+        if c.cell_type == "code"
+        for node in ast.walk(ast.parse(c.source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check_notebook_parameters"
+    ]
+    assert len(calls) == 1 and ast.literal_eval(calls[0].args[1]) == declared
