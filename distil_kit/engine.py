@@ -299,7 +299,8 @@ class Trainer:
         distributed.on_main(self.world, self.checkpoints.wait)
 
     def save_records(self) -> None:
-        """steps.csv and evals.csv whole from the progress: at the start, a resume's cut to its checkpoint."""
+        """steps.csv and evals.csv whole from the progress, fsynced: at the start (a resume's cut to its checkpoint)
+        and in the finished run."""
         if self.world.main:
             records.write_records(self.out, self.progress.steps_rows, self.progress.evals_rows)
 
@@ -311,7 +312,10 @@ class Trainer:
             return
         t0 = time.perf_counter()
         p = self.progress
-        records.write_records(self.out, p.steps_rows if steps else None, p.evals_rows if evals else None)
+        # No fsync (a few ms a row on a busy disk): a killed process loses nothing the kernel holds, and after a
+        # crash of the machine the resume rewrites both files from its checkpoint (save_records, fsynced).
+        steps_rows, evals_rows = (p.steps_rows if steps else None), (p.evals_rows if evals else None)
+        records.write_records(self.out, steps_rows, evals_rows, fsync=False)
         if self.clock.training:
             self.clock.add("checkpoint", time.perf_counter() - t0)
 
@@ -462,6 +466,7 @@ def _save_final(trainer: Trainer, result: dict) -> None:
     """The finished run's files; a failed write (a full disk) leaves the run unfinished with its last checkpoint,
     which a resume scores and saves again."""
     try:
+        trainer.save_records()  # fsynced, as every file summary.json marks finished (rows came without: record)
         records.write_predictions(trainer.out, trainer.predictions)
         if trainer.cfg.save_model:
 
