@@ -1,13 +1,12 @@
 """The tables built from runs: runs side by side with FlagPerf's published rows, repeated seeds, and the errors
-of the final model; and ``report``, which writes them with every figure.
+of the final model.
 
 Every table takes a list of ``records.Run`` (``records.find_runs`` turns folders and globs into one); the figures
-are in ``distil_kit.plots``.
+are in ``distil_kit.plots``, which builds on this module (never the reverse); ``distil_kit.report`` writes both.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pandas as pd
 
 from . import reference, stats
 from .atomic import write_csv_atomic
-from .errors import KitError
 from .progress import epochs_to_target
 from .records import THROUGHPUTS, Run
 
@@ -251,23 +249,3 @@ def save_tables(frames: dict[str, pd.DataFrame], out_dir) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [write_csv_atomic(out / f"{name}.csv", frame) for name, frame in frames.items()]
-
-
-def report(runs: list[Run], out_dir, published: bool = True, benchmarks=()) -> dict[str, Path]:
-    """Every figure (PNG) and table (CSV) of ``runs``, and a figure per benchmark CSV in ``benchmarks`` (paths or
-    glob patterns as ``plots.find_benchmarks`` takes them, or one pattern), into ``out_dir``; returns the written
-    files by name. What the CLI's ``report`` and the analysis notebook write.
-
-    Every run's files are read and checked first, and a benchmark named as a path must exist, so bad input stops
-    the report before anything is written."""
-    from . import plots  # imported here: plots builds on this module
-
-    for run in runs:
-        run.check()
-    benchmarks = [benchmarks] if isinstance(benchmarks, (str, Path)) else list(benchmarks)  # one pattern, or a list
-    missing = [str(b) for b in benchmarks if not glob.has_magic(str(b)) and not Path(b).is_file()]
-    if missing:
-        raise KitError(f"benchmark CSV {missing[0]} not found; expected a CSV written by benchmarks/bench.py")
-    figures = {**plots.figures(runs, published), **plots.benchmark_figures(plots.find_benchmarks(list(benchmarks)))}
-    written = plots.save_figures(figures, out_dir) + save_tables(tables(runs, published), out_dir)
-    return {path.name: path for path in written}

@@ -14,8 +14,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+def write_atomic(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Without ``fsync`` the file is still whole or absent for readers and after a killed process (its data is the
+    kernel's once written); only a crash of the machine may lose it: for files rebuilt after one anyway."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -23,8 +26,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -40,8 +44,8 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def write_csv_atomic(path: str | Path, frame) -> Path:
-    return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+def write_csv_atomic(path: str | Path, frame, fsync: bool = True) -> Path:
+    return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False), fsync)
 
 
 def replace_dir(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -1,5 +1,6 @@
-"""Hooks into a run: ``finetune(config, callbacks=[...])``. The progress display is one; tests observe runs with
-others.
+"""Hooks into a run: ``finetune(config, callbacks=[...], progress=...)``. The progress display is one (the front
+door picks it: these terminal bars by default, ``notebook.NotebookProgress`` in the notebooks); tests observe runs
+with others.
 
 Every event gets the ``engine.Trainer`` (its ``cfg``, ``world``, ``progress``, ``clock``, ``model``, ``out``,
 ``total_steps``, ``batches_per_epoch``) and fires on every rank; a callback that shows or writes something checks
@@ -8,8 +9,8 @@ Every event gets the ``engine.Trainer`` (its ``cfg``, ``world``, ``progress``, `
 
 from __future__ import annotations
 
-# tqdm.std, not tqdm.auto: in a kernel tqdm.auto wants ipywidgets and warns without it; a notebook gets
-# notebook.NotebookProgress instead (default_progress), terminals and torchrun's ranks these text bars.
+# tqdm.std, not tqdm.auto: in a kernel tqdm.auto wants ipywidgets and warns without it; the notebooks hand the
+# engine notebook.NotebookProgress instead, terminals and torchrun's ranks get these text bars.
 from tqdm.std import tqdm
 
 
@@ -53,7 +54,8 @@ class TqdmProgress(Callback):
             return
         cfg, p = trainer.cfg, trainer.progress
         print(
-            f"{trainer.train_rows} training rows; global batch {trainer.global_batch_size} "
+            f"training on {trainer.hardware}: {trainer.train_rows} training rows; global batch "
+            f"{trainer.global_batch_size} "
             f"({cfg.train_batch_size} per process x {trainer.world.size} process(es) x "
             f"{cfg.gradient_accumulation_steps} accumulated), trained {trainer.accumulation} micro-batch(es) of "
             f"{cfg.micro_batch_size} rows a step; {trainer.total_steps} optimizer steps"
@@ -93,14 +95,3 @@ class TqdmProgress(Callback):
 
     def on_run_end(self, trainer, summary: dict) -> None:
         self._close()
-
-
-def default_progress() -> Callback:
-    """The progress display a run shows: in a Jupyter kernel (JupyterLab, the classic notebook, VS Code, papermill)
-    one HTML display updated in place (``notebook.NotebookProgress``); elsewhere (the CLI, torchrun's ranks, CI
-    logs) terminal bars."""
-    from . import notebook
-
-    if notebook.in_kernel():
-        return notebook.progress_display()
-    return TqdmProgress()

@@ -68,11 +68,11 @@ def seed_list(text: str) -> list[int]:
 
 
 def _report(args) -> None:
-    from .analysis import report
     from .records import check_folder_path, find_runs
+    from .report import write_report
 
     check_folder_path(args.out, "report --out")  # a file there, or no way to write, fails before any reading
-    for path in report(find_runs(args.runs), args.out, benchmarks=args.benchmarks).values():
+    for path in write_report(find_runs(args.runs), args.out, benchmarks=args.benchmarks).values():
         print(path)
 
 

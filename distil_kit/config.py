@@ -8,6 +8,7 @@ device); the run's ``config.json`` records the resolved values.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import glob
@@ -51,6 +52,9 @@ class RunConfig:
     device: str = _p("auto", "auto, cpu, cuda or cuda:N")
     max_train_samples: int | None = _p(None, "train on the first N rows only; null: all")
     num_workers: int = _p(0, "DataLoader worker processes")
+    threads: int | None = _p(
+        None, "CPU threads torch computes with (torch.set_num_threads) during the run; null: torch's own choice"
+    )
     collective_timeout_s: float = _p(300.0, "under torchrun: seconds a rank waits for the others before stopping")
     save_model: bool = _p(True, "save the fine-tuned model and tokenizer into <output_dir>/model")
     log_every: int = _p(10, "optimizer steps per steps.csv row (the only host sync of the loss)")
@@ -141,6 +145,7 @@ class RunConfig:
         )
         need(0 <= self.seed < 2**32, "seed", "a whole number >= 0 and < 2**32")
         need(self.num_workers >= 0, "num_workers", "a whole number >= 0")
+        need(self.threads is None or self.threads > 0, "threads", "a whole number > 0 or null")
         need(self.collective_timeout_s > 0, "collective_timeout_s", "a number of seconds > 0")
         need(self.checkpoint_every >= 0, "checkpoint_every", "a whole number >= 0")
         need(self.checkpoint_minutes >= 0, "checkpoint_minutes", "a number >= 0")
@@ -324,32 +329,79 @@ def list_parameter(name: str, value, patterns: bool = False) -> list:
     )
 
 
-# Names a kernel defines itself (IPython's input and output history) or papermill injects with --inject-paths.
-_KERNEL_NAMES = ("In", "Out", "PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
+# Names papermill injects with --inject-paths, beside the parameters.
+_PAPERMILL_NAMES = ("PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
 
 
-def _literal(value) -> bool:
-    return value is None or type(value) in (int, float, str, bool, list, dict)
+def _parameter_names(source: str) -> list[str] | None:
+    """The names a cell of parameters assigns, each statement ``name = literal`` or ``name: type = literal`` (the
+    parameters cell, papermill's injected cell); None for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    names = []
+    for statement in body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, value = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, value = statement.target, statement.value
+        else:
+            return None
+        try:
+            ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return None
+        if not isinstance(target, ast.Name):
+            return None
+        names.append(target.id)
+    return names or None
+
+
+def declared_parameters(namespace: dict) -> list[str]:
+    """The names the notebook's parameters cell (and papermill's injected cell after it) assigned, read from the
+    kernel's input history (IPython's ``In``; the last entry is the cell running now): the run of parameter cells
+    last executed before this one. Not the globals: a kernel keeps every earlier run's names (``run``, ``runs``),
+    and JupyterLab's unsaved edits of the cell are in the history, not in the notebook's file."""
+    if not isinstance(namespace.get("In"), list):
+        raise KitError("notebook parameters: expected a Jupyter kernel's globals() (IPython's In, its input history)")
+    names, found = [], False
+    for source in reversed(namespace["In"][:-1]):
+        cell = _parameter_names(source)
+        if cell is None and found:  # the cell before the parameters cell
+            break
+        if cell is not None:
+            names, found = cell + names, True
+    return list(dict.fromkeys(names))
+
+
+def check_notebook_parameters(namespace: dict, known: list[str]) -> None:
+    """Every name the parameter cells last run assigned (``declared_parameters``) is one of ``known``, the
+    notebook's parameters: else an error naming the nearest (papermill only warns of a name it injects that the
+    parameters cell does not declare)."""
+    for name in declared_parameters(namespace):
+        if name not in known and name not in _PAPERMILL_NAMES:
+            raise KitError(f"notebook parameters: {unknown_parameter(name, known)}")
 
 
 def notebook_config(namespace: dict, notebook: str, **own) -> RunConfig:
     """The finetune notebook's ``RunConfig``, from its globals after the parameters cell (and papermill's injected
-    one): every ``RunConfig`` field found in ``namespace``; ``own`` names the notebook's other parameters with their
-    defaults (``nproc_per_node=1``).
+    one): every ``RunConfig`` field found in ``namespace`` (a kernel's ``globals()``); ``own`` names the notebook's
+    other parameters with their defaults (``nproc_per_node=1``).
 
-    A parameter papermill injected that the parameters cell does not declare (papermill only warns) is an error
-    naming the nearest known one: any literal-valued global (int, float, str, bool, None, list, dict) not starting
-    with "_" that is neither a field nor in ``own``. The notebook (``JPY_SESSION_NAME`` where JupyterLab sets it,
-    papermill's ``PAPERMILL_INPUT_PATH`` with ``--inject-paths``, else ``notebook``) and the parameters that differ
-    from their defaults are recorded for the run's manifest (``records.record_notebook_launch``).
+    A parameter papermill injected that the parameters cell does not declare, or a name added to the parameters
+    cell, is an error naming the nearest known one (``check_notebook_parameters``: a name the parameter cells last
+    run assigned that is neither a field nor in ``own``); the kernel's other globals are not parameters, so the
+    notebook runs again in the same kernel, with any parameter edited in between.
+
+    The notebook (``JPY_SESSION_NAME`` where JupyterLab sets it, papermill's ``PAPERMILL_INPUT_PATH`` with
+    ``--inject-paths``, else ``notebook``) and the parameters that differ from their defaults are recorded for the
+    run's manifest (``records.record_notebook_launch``).
     """
     from . import records  # imported here: records does not need the config
 
     fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    known = [*fields, *own]
-    for name, value in namespace.items():
-        if name not in known and name not in _KERNEL_NAMES and not name.startswith("_") and _literal(value):
-            raise KitError(f"notebook parameters: {unknown_parameter(name, known)}")
+    check_notebook_parameters(namespace, [*fields, *own])
     values = {name: namespace[name] for name in fields if name in namespace}
     config = RunConfig.from_dict(values, source="notebook parameters")
     defaults = {**fields, **own}

@@ -15,7 +15,7 @@ import os
 import resource
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +24,7 @@ import torch
 from . import atomic, batching, checkpoint, data, distributed, micro_batch, model_card, packing, records, resuming
 from .atomic import replace_dir, write_json_atomic
 from .batching import batches_of_each_shape, train_loader
-from .callbacks import CallbackList, default_progress
+from .callbacks import Callback, CallbackList, TqdmProgress
 from .config import RunConfig, micro_batches_per_step
 from .errors import KitError
 from .evaluate import Evaluation, evaluate
@@ -128,6 +128,12 @@ class Trainer:
         return len(self.sampler)
 
     @property
+    def hardware(self) -> str:
+        """What trains: the device (a GPU's name with it) and the CPU threads torch computes with."""
+        name = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        return f"{self.device}{name}, {torch.get_num_threads()} CPU thread(s)"
+
+    @property
     def train_rows(self) -> int:
         return len(self.splits["train"])
 
@@ -218,8 +224,7 @@ class Trainer:
         any rank asked to stop or for a timed checkpoint."""
         totals = self.window.reduce(self.world, stop_asked, self.checkpoint_due())
         bad = torch.nonzero(~torch.isfinite(totals.losses)).flatten()
-        if bad.numel():
-            self.save_records()
+        if bad.numel():  # the records hold every row before this one (each written as it was made)
             raise KitError(
                 f"loss became {totals.losses[bad[0]].item()} at step {self.window.step_of(int(bad[0]))} "
                 f"(epoch {self.progress.epoch + 1}); training stopped, records so far are in {self.out}"
@@ -229,6 +234,7 @@ class Trainer:
             totals, float(self.scheduler.get_last_lr()[0]), now, max(now - self.window.start, 1e-9)
         )
         self.window.reset(now)
+        self.record(steps=True)
         self.callbacks.fire("on_log", self, row)
         return totals
 
@@ -264,6 +270,7 @@ class Trainer:
             self.cfg.target_acc,
             training=self.clock.training,
         )
+        self.record(evals=True)
         self.callbacks.fire("on_evaluate", self, row)
         return result.accuracy
 
@@ -301,8 +308,7 @@ class Trainer:
         t0 = self.last_checkpoint = time.perf_counter()
         rng = distributed.gather_objects(checkpoint.rng_state(), self.world)
 
-        def write():  # records first: a checkpoint on disk always has its records beside it
-            self.save_records()
+        def write():  # the records beside it already hold every row up to this step (Trainer.record)
             self.checkpoints.save(self.state_dict(rng), self.out / "checkpoints", self.progress.step)
 
         distributed.on_main(self.world, write)
@@ -314,8 +320,25 @@ class Trainer:
         distributed.on_main(self.world, self.checkpoints.wait)
 
     def save_records(self) -> None:
+        """steps.csv and evals.csv whole from the progress, fsynced: at the start (a resume's cut to its checkpoint)
+        and in the finished run."""
         if self.world.main:
             records.write_records(self.out, self.progress.steps_rows, self.progress.evals_rows)
+
+    def record(self, steps: bool = False, evals: bool = False) -> None:
+        """steps.csv or evals.csv rewritten with the row just made, so a killed run keeps its rows up to the last
+        one (each write atomic). Cheap next to what it follows (a log row's host sync, an evaluation); in the loop
+        its time is the loop's writing (checkpoint time), not compute."""
+        if not self.world.main:
+            return
+        t0 = time.perf_counter()
+        p = self.progress
+        # No fsync (a few ms a row on a busy disk): a killed process loses nothing the kernel holds, and after a
+        # crash of the machine the resume rewrites both files from its checkpoint (save_records, fsynced).
+        steps_rows, evals_rows = (p.steps_rows if steps else None), (p.evals_rows if evals else None)
+        records.write_records(self.out, steps_rows, evals_rows, fsync=False)
+        if self.clock.training:
+            self.clock.add("checkpoint", time.perf_counter() - t0)
 
     def summary(self) -> dict:
         return summary(
@@ -374,10 +397,13 @@ def _stop(trainer: Trainer, signals: StopSignals, checkpoint: bool) -> None:
     )
 
 
-def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) -> records.Run:
+def finetune(
+    config: RunConfig | dict | None = None, callbacks=(), progress: Callback | None = None, **overrides
+) -> records.Run:
     """Fine-tune per ``config`` (a RunConfig or a dict of parameters, updated by ``overrides``) and return the Run.
 
-    ``callbacks`` (``callbacks.Callback``) observe the run, after the progress display (``default_progress``).
+    ``callbacks`` (``callbacks.Callback``) observe the run, after ``progress``, the progress display (the caller's
+    choice: ``notebook.finetune`` hands in a ``notebook.NotebookProgress``; by default terminal bars).
     Under torchrun every rank calls this; only rank 0 writes the run folder.
     """
     started = time.perf_counter()
@@ -404,14 +430,15 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
         records.check_folder_path(out, "output_dir")
-        with records.lock_run(out) if world.main else nullcontext():  # one process per run folder
+        # one process per run folder; the run's CPU threads (resolve_config: torch's choice unless set)
+        with records.lock_run(out) if world.main else nullcontext(), torch_threads(cfg.threads):
             distributed.on_main(world, lambda: _tidy(out))
             # A taken folder, a resume without a readable checkpoint or with another world size: refused before
             # loading.
             records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
             if cfg.resume:
                 distributed.on_main(world, lambda: resuming.check_data_unchanged(out, cfg.data_dir))
-            callbacks = [default_progress(), *callbacks]
+            callbacks = [progress or TqdmProgress(), *callbacks]
             trainer = Trainer(cfg, world, device, started, callbacks, fit_micro)  # loads, checks inputs
             if cfg.resume:
                 state, path = checkpoint.load_latest(out / "checkpoints")
@@ -422,6 +449,18 @@ def finetune(config: RunConfig | dict | None = None, callbacks=(), **overrides) 
             distributed.on_main(world, lambda: _start_run_folder(trainer))
             _run(trainer, signals, resumed=cfg.resume)
     return records.Run(Path(cfg.output_dir))
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """torch's CPU threads set to ``threads`` while inside, then back: in a kernel the next run starts from torch's
+    own choice again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(trainer: Trainer, signals: StopSignals, resumed: bool) -> None:
@@ -450,7 +489,7 @@ def _save_final(trainer: Trainer, result: dict) -> None:
     """The finished run's files; a failed write (a full disk) leaves the run unfinished with its last checkpoint,
     which a resume scores and saves again."""
     try:
-        trainer.save_records()
+        trainer.save_records()  # fsynced, as every file summary.json marks finished (rows came without: record)
         records.write_predictions(trainer.out, trainer.predictions)
         if trainer.cfg.save_model:
 
@@ -498,6 +537,9 @@ def _start_run_folder(trainer: Trainer) -> None:
     write_json_atomic(out / "config.json", cfg.to_dict())  # on a resume: with its safe changes (resuming)
     if not cfg.resume:
         write_json_atomic(out / "manifest.json", _manifest(trainer))
+    # The records from the start: empty, or a resume's cut to its checkpoint (rows a killed run logged after the
+    # checkpoint are trained again, and would be there twice).
+    trainer.save_records()
 
 
 def _manifest(trainer: Trainer) -> dict:

@@ -2,7 +2,7 @@
 
 The notebooks call ``setup()`` once, then ``finetune(config)``:
 
-- ``NotebookProgress``, the progress display ``callbacks.default_progress`` picks in a kernel: one HTML output
+- ``NotebookProgress``, the progress display ``finetune`` and ``sweep`` hand the engine: one HTML output
   updated in place through an IPython display handle (no widget library, so a saved or papermill-executed notebook
   keeps the final state as plain HTML and text), and with ``plot`` a loss and accuracy figure redrawn at every
   evaluation.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import contextvars
 import html
 import io
 import json
@@ -118,7 +117,7 @@ class View:
     """What the display shows, read off the trainer at an event; rendered by ``html`` and ``text``."""
 
     folder: str
-    plan: str  # rows, batch and steps
+    plan: str  # rows, batch and steps; the device and CPU threads
     step: int
     total_steps: int
     epoch: int  # the epoch being trained (1-based), or the epochs run once the run is over
@@ -290,7 +289,7 @@ class NotebookProgress(Callback):
         plan = (
             f"{trainer.train_rows:,} training rows, global batch {trainer.global_batch_size} "
             f"({cfg.train_batch_size} x {world.size} process(es) x {cfg.gradient_accumulation_steps}), "
-            f"{trainer.total_steps:,} optimizer steps"
+            f"{trainer.total_steps:,} optimizer steps; on {trainer.hardware}"
         )
         # the epoch being trained, or once the run is over (every epoch's batches done) the epochs run
         in_epoch = p.batches_done > 0 or (p.epoch < cfg.epochs and not p.converged)
@@ -398,25 +397,18 @@ def figure_so_far(run):
 
 # --- running ----------------------------------------------------------------------------------------------------
 
-_session: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("distil_kit_notebook", default=None)
 
+class _Displays:
+    """The progress displays of one ``finetune`` or ``sweep`` call: calling it makes the next run's (a sweep's
+    seeds each get their own); ``last`` is the one a failure marks."""
 
-@dataclass
-class _Session:
-    """One ``finetune`` call's display options, and the display ``progress_display`` made for it."""
+    def __init__(self, plot: bool):
+        self.plot = plot
+        self.last: NotebookProgress | None = None
 
-    plot: bool
-    display: NotebookProgress | None = None
-
-
-def progress_display() -> NotebookProgress:
-    """The display ``callbacks.default_progress`` gives a run in a kernel: with the options of the ``finetune``
-    call it runs under, if any (a plain ``distil_kit.finetune`` in a notebook gets no figure)."""
-    session = _session.get()
-    display = NotebookProgress(plot=session.plot if session else False)
-    if session is not None:
-        session.display = display
-    return display
+    def __call__(self) -> NotebookProgress:
+        self.last = NotebookProgress(plot=self.plot)
+        return self.last
 
 
 @contextlib.contextmanager
@@ -445,23 +437,20 @@ def quiet_libraries():
 
 @contextlib.contextmanager
 def _notebook_run(plot: bool):
-    """The live display's session around a run (or a sweep's runs): yields the stop probe; a failure other than a
-    clean stop marks the display stopped."""
+    """Around a run (or a sweep's runs): yields the displays to hand the engine and the stop probe; a failure other
+    than a clean stop marks the live display stopped."""
     from . import engine
 
-    session, probe = _Session(plot=plot), _StopProbe()
-    token = _session.set(session)
+    displays, probe = _Displays(plot), _StopProbe()
     try:
         with quiet_libraries():
-            yield probe
+            yield displays, probe
     except engine.RunInterrupted:
         raise
     except BaseException as error:
-        if session.display is not None:
-            session.display.failed(error)
+        if displays.last is not None:
+            displays.last.failed(error)
         raise
-    finally:
-        _session.reset(token)
 
 
 def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
@@ -477,8 +466,8 @@ def finetune(config, nproc_per_node: int = 1, plot: bool = True, callbacks=()):
     if nproc_per_node != 1:
         return launch.finetune_torchrun(config, nproc_per_node)
     try:
-        with _notebook_run(plot) as probe:
-            return engine.finetune(config, callbacks=[probe, *callbacks])
+        with _notebook_run(plot) as (displays, probe):
+            return engine.finetune(config, callbacks=[probe, *callbacks], progress=displays())
     except engine.RunInterrupted:
         print(stop_message(probe.stop))
         return records.Run(probe.stop.folder)
@@ -502,8 +491,8 @@ def sweep(config, seeds: list[int], nproc_per_node: int = 1, concurrent: int = 1
             print(f"Stopped: {e}\nTo continue: run the notebook again with the same seeds and output_dir.")
         return [records.Run(seed_folder(config.output_dir, seed)) for seed in seeds]
     try:
-        with _notebook_run(plot) as probe:
-            run_sweep(config, seeds, callbacks=[probe, *callbacks])
+        with _notebook_run(plot) as (displays, probe):
+            run_sweep(config, seeds, callbacks=[probe, *callbacks], make_progress=displays)
     except engine.RunInterrupted:
         print(stop_message(probe.stop, sweep=True))
     return [records.Run(seed_folder(config.output_dir, seed)) for seed in seeds]

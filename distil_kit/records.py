@@ -210,9 +210,15 @@ def settle_replaced(folder: Path) -> str | None:
     return "restored"
 
 
-def write_records(folder: Path, steps: list[dict], evals: list[dict]) -> None:
-    write_csv_atomic(folder / "steps.csv", pd.DataFrame(steps, columns=STEP_COLUMNS))
-    write_csv_atomic(folder / "evals.csv", pd.DataFrame(evals, columns=EVAL_COLUMNS))
+def write_records(
+    folder: Path, steps: list[dict] | None = None, evals: list[dict] | None = None, fsync: bool = True
+) -> None:
+    """steps.csv and evals.csv, each rewritten whole from its rows (the run's so far), those given; ``fsync`` as
+    ``atomic.write_atomic``'s."""
+    if steps is not None:
+        write_csv_atomic(folder / "steps.csv", pd.DataFrame(steps, columns=STEP_COLUMNS), fsync)
+    if evals is not None:
+        write_csv_atomic(folder / "evals.csv", pd.DataFrame(evals, columns=EVAL_COLUMNS), fsync)
 
 
 def write_predictions(folder: Path, frame: pd.DataFrame) -> None:

@@ -39,8 +39,8 @@ def fuses_steps(cfg: RunConfig, device: torch.device) -> bool:
 
 
 def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
-    """Fill every run-time default (model, output folder, micro-batch size, the fast switches, precision) so
-    config.json is whole."""
+    """Fill every run-time default (model, output folder, micro-batch size, the fast switches, precision, CPU
+    threads) so config.json is whole."""
     model = cfg.model
     if model is None:
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
@@ -64,6 +64,7 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
         cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit,
+        threads=cfg.threads or torch.get_num_threads(),  # torch's choice: the cores, or OMP_NUM_THREADS
     )
     if resolved.cuda_graphs and not graphs_fit:
         raise KitError(

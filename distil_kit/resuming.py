@@ -16,7 +16,9 @@ from .config import RunConfig
 from .errors import KitError
 from .modeling import file_sha256
 
-# Parameters that change neither the batches nor the arithmetic, only records, checkpoints and the saved model.
+# Parameters that change neither the batches nor the arithmetic, only records, checkpoints and the saved model; and
+# threads, which changes only how many cores compute (the order of a CPU's float sums, not what is summed), so that
+# a run can continue on another machine.
 SAFE_TO_CHANGE = (
     "log_every",
     "checkpoint_every",
@@ -25,6 +27,7 @@ SAFE_TO_CHANGE = (
     "save_model",
     "num_workers",
     "collective_timeout_s",
+    "threads",
 )
 
 

@@ -37,12 +37,15 @@ def seed_folder(output_dir: str | Path, seed: int) -> Path:
     return Path(output_dir) / f"seed-{seed}"
 
 
-def run_sweep(config: RunConfig, seeds: list[int], callbacks=(), concurrent: int = 1) -> pd.DataFrame:
+def run_sweep(
+    config: RunConfig, seeds: list[int], callbacks=(), concurrent: int = 1, make_progress=None
+) -> pd.DataFrame:
     """Train ``config`` once per seed (each a whole run, under torchrun a DDP run) and write ``sweep.csv`` and
     ``sweep.json`` into ``config.output_dir``; returns the per-seed table.
 
     ``concurrent`` > 1 trains that many seeds at the same time, each in a process of its own sharing the device
-    (``concurrent_seeds``); one at a time otherwise, in this process, with ``callbacks``."""
+    (``concurrent_seeds``); one at a time otherwise, in this process, with ``callbacks`` and each seed's progress
+    display from ``make_progress()`` (default: the engine's terminal bars)."""
     from .engine import finetune
 
     if not seeds or len(set(seeds)) != len(seeds):
@@ -63,7 +66,7 @@ def run_sweep(config: RunConfig, seeds: list[int], callbacks=(), concurrent: int
         concurrent_seeds(list(todo.values()), concurrent)
     else:
         for seed_config in todo.values():
-            finetune(seed_config, callbacks=callbacks)
+            finetune(seed_config, callbacks=callbacks, progress=make_progress() if make_progress else None)
     runs = [records.Run.read(seed_folder(config.output_dir, seed)) for seed in seeds]
     table = seed_table(runs, config.target_acc)
     record = sweep_record(table, config.target_acc)

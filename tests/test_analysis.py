@@ -15,6 +15,7 @@ import pytest
 from distil_kit import analysis, plots, records, reference, stats
 from distil_kit.data import Split
 from distil_kit.errors import KitError
+from distil_kit.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length", "seeds")
@@ -394,7 +395,7 @@ def test_token_length_histogram():
 
 
 def test_report_writes_every_figure_and_table(run_root, tmp_path):
-    written = analysis.report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
+    written = write_report(records.find_runs([str(run_root / "*")]), tmp_path / "out")
     assert (
         {p.name for p in (tmp_path / "out").iterdir()}
         == set(written)
@@ -434,6 +435,32 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     assert measured.final_acc.tolist() == pytest.approx(
         [json.loads((run_root / n / "summary.json").read_text())["acc"] for n in ("a-seed0", "b-bf16")]
     )
+
+
+@pytest.mark.slow
+def test_analysis_notebook_runs_twice_in_one_kernel_with_its_runs_edited(run_root, tmp_path, monkeypatch):
+    """Run All, edit runs and out_dir in the parameters cell, Run All again: the second pass reads the new runs."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata["tags"]
+
+    def parameters(runs: list[str], out_dir: Path):
+        return nbformat.v4.new_code_cell(f"runs = {runs!r}\nout_dir = {str(out_dir)!r}\nbenchmarks = []\npaired = []")
+
+    first = [str(run_root / "a-seed0")]
+    both = [*first, str(run_root / "b-bf16")]
+    cells = [parameters(first, tmp_path / "first"), *code[1:], parameters(both, tmp_path / "both"), *code[1:]]
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in cells])
+    run.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(run, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for out_dir, runs in ((tmp_path / "first", first), (tmp_path / "both", both)):
+        assert pd.read_csv(out_dir / "comparison.csv").query("source == 'measured'").run.tolist() == runs
 
 
 BENCH_SAMPLES = sorted((ROOT / "tests" / "fixtures").glob("bench-sample-*.csv"))  # two real `bench.py --tiny` runs

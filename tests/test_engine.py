@@ -37,7 +37,7 @@ FLAGPERF_SUMMARY_KEYS = [
 def tiny_run(one_thread, tiny_model, sst2_dir, tmp_path):
     """Run a tiny model on the first rows of real SST-2; keyword arguments override the config."""
 
-    def run(**changes) -> Run:
+    def run(callbacks=(), **changes) -> Run:
         values = dict(
             model=str(tiny_model),
             data_dir=str(sst2_dir),
@@ -50,7 +50,7 @@ def tiny_run(one_thread, tiny_model, sst2_dir, tmp_path):
             save_model=False,
             overwrite=True,
         )
-        return finetune(RunConfig.from_dict({**values, **changes}))
+        return finetune(RunConfig.from_dict({**values, **changes}), callbacks=callbacks)
 
     return run
 
@@ -430,30 +430,69 @@ def no_notebook_launch(monkeypatch):
     monkeypatch.setattr(records, "_notebook_launch", None)
 
 
-def _notebook_namespace(**injected) -> dict:
-    """A kernel's globals after the finetune notebook's parameters cell (papermill's injected cell after it)."""
+def _parameters_cell() -> str:
+    import nbformat
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "finetune.ipynb"
+    return next(
+        c.source for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])
+    )
+
+
+OWN = {"nproc_per_node": 1, "seeds": [], "concurrent": 1}  # the finetune notebook's own parameters
+CONFIG_CELL = (
+    'config = notebook_config(globals(), "notebooks/finetune.ipynb", nproc_per_node=1, seeds=[], concurrent=1)'
+)
+
+
+def _notebook_namespace(*history: str, **injected) -> dict:
+    """A kernel's globals at the finetune notebook's config cell: after ``history`` (cells run before), the
+    parameters cell, then papermill's injected cell with ``injected``."""
     import math
 
     namespace = {name: f.default for name, f in RunConfig.__dataclass_fields__.items()}
-    namespace |= {"nproc_per_node": 1, "In": ["", "x = 1"], "Out": {1: 2}, "_": 2, "_i1": "x", "math": math}
-    namespace |= {"display": print, "RunConfig": RunConfig, "__name__": "__main__"}  # the setup cell's imports
+    cells = [_parameters_cell()]
+    if injected:
+        cells.append("# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in injected.items()))
+    namespace |= {"nproc_per_node": 1, "In": ["", *history, *cells, CONFIG_CELL], "Out": {1: 2}, "_": 2}
+    namespace |= {"_i1": "x", "math": math, "display": print, "RunConfig": RunConfig, "__name__": "__main__"}
     return namespace | injected
 
 
 def test_notebook_config_refuses_an_injected_parameter_it_does_not_declare(no_notebook_launch):
     with pytest.raises(KitError, match=r"^notebook parameters: unknown parameter 'epoch'; did you mean 'epochs'\?$"):
-        notebook_config(_notebook_namespace(epoch=3), "notebooks/finetune.ipynb", nproc_per_node=1)
+        notebook_config(_notebook_namespace(epoch=3), "notebooks/finetune.ipynb", **OWN)
     with pytest.raises(KitError, match=r"unknown parameter 'nproc'; did you mean 'nproc_per_node'\?$"):
-        notebook_config(_notebook_namespace(nproc=2), "notebooks/finetune.ipynb", nproc_per_node=1)
-    for value in (None, "x", [1], {"a": 1}, 0.5, True):
+        notebook_config(_notebook_namespace(nproc=2), "notebooks/finetune.ipynb", **OWN)
+    for value in (None, "x", [1], {"a": 1}, 0.5, True, -1):
         with pytest.raises(KitError, match="unknown parameter 'lrr'"):
-            notebook_config(_notebook_namespace(lrr=value), "notebooks/finetune.ipynb", nproc_per_node=1)
+            notebook_config(_notebook_namespace(lrr=value), "notebooks/finetune.ipynb", **OWN)
+    # a name added to the parameters cell itself (JupyterLab runs the cell as edited, saved or not)
+    namespace = _notebook_namespace()
+    namespace["In"][-2] += "\nepoch = 3"
+    with pytest.raises(KitError, match=r"unknown parameter 'epoch'; did you mean 'epochs'\?$"):
+        notebook_config(namespace | {"epoch": 3}, "notebooks/finetune.ipynb", **OWN)
+
+
+def test_notebook_config_checks_the_parameter_cells_last_run_not_the_kernels_other_globals(no_notebook_launch):
+    """Run All a second time: the first run left run, runs and a literal or two in the kernel's globals; only the
+    parameters cell, run again (edited), is checked."""
+    first_run = [_parameters_cell(), CONFIG_CELL, "run = notebook.finetune(config)\nruns = [run]", "dpi = 100"]
+    first_run += ["display(run.summary)"]
+    leftovers = {"run": object(), "runs": [1], "dpi": 100, "epoch": 3}
+    namespace = _notebook_namespace(*first_run) | leftovers | {"epochs": 2}
+    assert notebook_config(namespace, "notebooks/finetune.ipynb", **OWN).epochs == 2
+    # the config cell run again on its own: the same parameters cell is the last one run
+    namespace["In"].append(CONFIG_CELL)
+    assert notebook_config(namespace, "notebooks/finetune.ipynb", **OWN).epochs == 2
+    with pytest.raises(KitError, match=r"^notebook parameters: expected a Jupyter kernel's globals\(\)"):
+        notebook_config({"epochs": 2}, "notebooks/finetune.ipynb", **OWN)
 
 
 def test_notebook_config_reads_the_fields_and_records_the_notebook(no_notebook_launch, monkeypatch):
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     namespace = _notebook_namespace(epochs=3, lr="3e-5", nproc_per_node=2)  # -p epochs 3 -y 'lr: 3e-5'
-    config = notebook_config(namespace, "notebooks/finetune.ipynb", nproc_per_node=1)
+    config = notebook_config(namespace, "notebooks/finetune.ipynb", **OWN)
     assert (config.epochs, config.lr, config.seed) == (3, 3e-5, 0)
     command, launched_by = records.launch()
     assert launched_by == {
@@ -467,7 +506,7 @@ def test_notebook_config_reads_the_fields_and_records_the_notebook(no_notebook_l
     given = yaml.load(shlex.split(command)[-1], Loader=NoDatesSafeLoader)
     assert given == launched_by["parameters"]
     monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/kit/notebooks/finetune.ipynb")  # JupyterLab's own name
-    notebook_config(namespace, "notebooks/finetune.ipynb", nproc_per_node=1)
+    notebook_config(namespace, "notebooks/finetune.ipynb", **OWN)
     assert records.launch()[1]["notebook"] == "/home/me/kit/notebooks/finetune.ipynb"
 
 
@@ -529,6 +568,28 @@ def test_pretrained_minilm_beats_majority_baseline(minilm_dir, sst2_dir, tmp_pat
     run = finetune(config.replace(output_dir=str(tmp_path / "m")))
     assert run.config["max_train_samples"] == 2000 and run.config["fast"] and run.config["epochs"] == 1
     assert run.summary["acc_correct"] >= 611 and run.summary["dev_rows"] == 872
+
+
+def test_threads_are_the_runs_named_in_its_first_line_recorded_and_given_back(tiny_run, tmp_path, capsys):
+    from distil_kit import Callback
+    from distil_kit.resolve import resolve_config
+
+    class Threads(Callback):
+        seen = []
+
+        def on_log(self, trainer, row):
+            self.seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()  # one_thread's 1
+    run = tiny_run(callbacks=[Threads()], threads=2, max_train_samples=32)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("training on cpu, 2 CPU thread(s): 32 training rows; global batch 16 ")
+    assert Threads.seen == [2, 2] and run.config["threads"] == 2
+    assert torch.get_num_threads() == before  # a kernel's next run starts from torch's own choice
+    # null: torch's choice, recorded as the count
+    assert resolve_config(RunConfig(output_dir="unused"), torch.device("cpu")).threads == before
+    with pytest.raises(KitError, match=r"^parameter 'threads'=0: expected a whole number > 0 or null$"):
+        RunConfig(threads=0).validate()
 
 
 def test_cuda_graphs_on_cpu_is_refused_before_any_work(tiny_run, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distil_kit import KitError, callbacks, notebook
+from distil_kit import KitError, notebook
 from distil_kit.config import list_parameter
 from distil_kit.notebook import View, clock, eta_seconds, project_root
 
@@ -112,9 +112,8 @@ def test_a_list_parameter_that_is_not_one_says_where_it_looked_and_how_to_pass_a
         assert f"no file or folder under {tmp_path} matches it" in message
 
 
-def test_terminal_runs_get_tqdm_bars():
+def test_a_terminal_is_no_kernel():
     assert not notebook.in_kernel()
-    assert type(callbacks.default_progress()) is callbacks.TqdmProgress
 
 
 # --- the notebook files -----------------------------------------------------------------------------------------
@@ -167,25 +166,25 @@ def _text(outputs: list[dict], name: str | None = None) -> str:
     return "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and name in (None, o.name))
 
 
-def test_kernel_setup_paths_errors_and_progress_choice(kernel_env, tmp_path):
+def test_kernel_setup_paths_errors_and_kernel_check(kernel_env, tmp_path):
     kit = tmp_path / "kit"
     shutil.copytree(ROOT / "notebooks", kit / "notebooks")
     cells = _execute(
         [
-            "import os\nfrom distil_kit import callbacks, notebook\nnotebook.setup()\nprint(os.getcwd())",
+            "import os\nfrom distil_kit import notebook\nnotebook.setup()\nprint(os.getcwd())",
             "import transformers.utils.logging  # imports tqdm.auto, which warns in a kernel without ipywidgets",
-            "print(type(callbacks.default_progress()).__name__)",
+            "print(notebook.in_kernel())",
             "from distil_kit import KitError\nraise KitError('output_dir runs/x holds a finished run')",
             "raise ValueError('a bug')",
         ],
         cwd=kit / "notebooks",
     )
-    moved, imported, chosen, kit_error, bug = cells
+    moved, imported, in_kernel, kit_error, bug = cells
     assert _text(moved).splitlines() == [
         f"working directory: {kit} (relative paths start here, as from the repository root)",
         str(kit),
     ]
-    assert _text(chosen) == "NotebookProgress\n"
+    assert _text(in_kernel) == "True\n"
     assert not _text(imported, STDERR), _text(imported, STDERR)  # no "TqdmWarning: IProgress not found"
     (error,) = kit_error
     assert error.output_type == "error" and error.ename == "KitError"  # still an error: papermill stops on it
@@ -240,6 +239,39 @@ def test_interrupt_in_a_kernel_is_one_message_and_leaves_the_partial_run(kernel_
     assert any((tmp_path / "runs" / "stopped" / "checkpoints").iterdir())
 
 
+def _with_values(parameters_cell: str, **values) -> str:
+    """The parameters cell with ``values`` in place of its defaults, as someone edits it."""
+    lines = parameters_cell.splitlines()
+    for name, value in values.items():
+        at = next(i for i, line in enumerate(lines) if re.match(rf"{name}\b\s*[:=]", line))
+        lines[at] = f"{name} = {value!r}"
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_the_finetune_notebook_runs_twice_in_one_kernel_with_a_parameter_edited_between(
+    kernel_env, tmp_path, tiny_model, sst2_dir
+):
+    """Run All, edit the parameters cell, Run All again: the first run's globals (run, runs) are no parameters, and
+    the second run trains with the edited values."""
+    nb = nbformat.read(ROOT / "notebooks" / "finetune.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    parameters = code[0]
+    assert "parameters" in nb.cells[[c.source for c in nb.cells].index(parameters)].metadata["tags"]
+    values = {"model": str(tiny_model), "data_dir": str(sst2_dir), "output_dir": "runs/first", "epochs": 1}
+    values |= {"max_train_samples": 32, "train_batch_size": 16, "target_acc": None, "save_model": False}
+    edited = {**values, "output_dir": "runs/second", "epochs": 2}
+    first, second = _with_values(parameters, **values), _with_values(parameters, **edited)
+    cells = _execute([first, *code[1:], second, *code[1:]], cwd=tmp_path, timeout=300)
+    errors = [o for outputs in cells for o in outputs if o.output_type == "error"]
+    assert not errors, errors[0].traceback[-1]
+    from distil_kit.records import Run
+
+    runs = [Run.read(tmp_path / "runs" / name) for name in ("first", "second")]
+    assert [r.summary["epochs_run"] for r in runs] == [1, 2] and [r.config["epochs"] for r in runs] == [1, 2]
+    assert runs[1].evals.epoch.tolist() == [0, 1, 2]
+
+
 # --- the notebooks, run as papermill runs them -------------------------------------------------------------------
 
 
@@ -250,6 +282,16 @@ def _papermill(notebook_path: Path, out: Path, cwd: Path, **parameters) -> nbfor
         str(notebook_path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3", progress_bar=False
     )
     return nbformat.read(out, as_version=4)
+
+
+def test_papermill_injecting_a_parameter_the_cell_does_not_declare_stops_at_the_config_cell(kernel_env, tmp_path):
+    """papermill only warns of an unknown -p NAME; the config cell, reading the injected cell from the kernel's
+    history, stops the notebook there naming the nearest parameter."""
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as error:
+        _papermill(ROOT / "notebooks" / "finetune.ipynb", tmp_path / "out.ipynb", tmp_path, epoch=3)
+    assert error.value.evalue == "notebook parameters: unknown parameter 'epoch'; did you mean 'epochs'?"
 
 
 @pytest.mark.slow

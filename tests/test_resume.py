@@ -120,6 +120,71 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(run_config, refe
     assert_same_run(engine.finetune(output_dir=str(out), resume=True), reference)
 
 
+def _start_and_kill_once(config: dict, out: Path, log: Path, ready) -> list[int]:
+    """Start a CLI run, SIGKILL it once ``ready(steps, checkpointed)`` holds for the steps steps.csv holds and the
+    steps of the checkpoints on disk; returns the steps steps.csv held then."""
+    import pandas as pd
+
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            _cli(*_sets({**config, "output_dir": out})),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+            cwd=Path(__file__).parents[1],
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}):\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, "not ready to kill after 120 s"
+        steps = pd.read_csv(out / "steps.csv").step.tolist() if (out / "steps.csv").is_file() else []
+        checkpointed = [int(p.name[5:-3]) for p in checkpoint.checkpoints(out / "checkpoints")]
+        if ready(steps, checkpointed):
+            proc.kill()  # SIGKILL: no handler runs
+            proc.wait()
+            return steps
+        time.sleep(0.005)
+
+
+def test_sigkill_before_any_checkpoint_leaves_the_records_so_far(run_config, tmp_path):
+    """steps.csv and evals.csv are written as their rows are made: a run killed outright keeps the evaluation before
+    training and every step logged up to its last write."""
+    out = tmp_path / "run"
+    config = {**run_config, "checkpoint_every": 0}  # no checkpoint until the epoch ends
+    seen = _start_and_kill_once(config, out, tmp_path / "log.txt", lambda steps, checkpointed: len(steps) >= 3)
+    assert not checkpoint.checkpoints(out / "checkpoints") and len(seen) < STEPS_PER_EPOCH
+    killed = Run(out)
+    assert not killed.finished
+    assert killed.evals[["epoch", "step"]].values.tolist() == [[0, 0]]  # the evaluation before training
+    logged = killed.steps.step.tolist()
+    assert logged[: len(seen)] == seen == list(range(1, len(seen) + 1))  # rows are only added, in order
+
+
+def test_sigkill_between_checkpoints_then_resume_cuts_the_records_to_the_checkpoint(run_config, reference, tmp_path):
+    """Killed with rows on disk past its last checkpoint: the resume trains those steps again, and its records
+    hold each step once, equal to the uninterrupted run's."""
+    out = tmp_path / "run"
+    seen = _start_and_kill_once(
+        run_config,
+        out,
+        tmp_path / "log.txt",
+        lambda steps, checkpointed: bool(checkpointed) and len(steps) >= max(checkpointed) + 2,
+    )
+    last = max(int(p.name[5:-3]) for p in checkpoint.checkpoints(out / "checkpoints"))
+    assert Run(out).steps.step.max() >= len(seen) > last, "rows past the checkpoint were on disk"
+
+    class OnDiskAtStart(Callback):
+        steps = None
+
+        def on_run_start(self, trainer):
+            OnDiskAtStart.steps = Run(trainer.out).steps.step.tolist()
+
+    resumed = engine.finetune(output_dir=str(out), resume=True, callbacks=[OnDiskAtStart()])
+    assert OnDiskAtStart.steps == list(range(1, last + 1)), "cut to the checkpoint before training again"
+    assert resumed.steps.step.tolist() == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert_same_run(resumed, reference)
+
+
 def test_sigterm_checkpoints_and_exits_130_naming_resume(run_config, reference, tmp_path):
     out, log = tmp_path / "run", tmp_path / "log.txt"
     proc = _start_and_wait_for_checkpoint(run_config, out, log)
