@@ -25,6 +25,7 @@ SAFE_TO_CHANGE = (
     "save_model",
     "num_workers",
     "collective_timeout_s",
+    "report_to",
 )
 
 
