@@ -29,15 +29,21 @@ class MLLog(Callback):
         require("mlperf_logging.mllog", "mllog")
         self.path = Path(cfg.output_dir) / FILE
         self.log = self.handler = None
+        self.init_ms = int(time.time() * 1000)  # set-up starts now; the file is opened once the run folder is
 
     def _open(self) -> None:
         from mlperf_logging.mllog import mllog
 
-        logger = logging.getLogger(f"distil_kit.mllog.{id(self)}")  # not the library's shared, stdout logger
+        # a logger of this file's own, not the library's shared one (it prints to stdout); a run that ended in an
+        # error left its handler behind
+        logger = logging.getLogger(f"distil_kit.mllog.{self.path.resolve()}")
         logger.propagate, logger.level = False, logging.INFO
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
         self.handler = logging.FileHandler(self.path)
         logger.addHandler(self.handler)
-        self.log = mllog.MLLogger(logger=logger)
+        self.log = mllog.MLLogger(logger=logger, root_dir=str(Path(__file__).parents[1]))  # "distil_kit/mllog.py"
 
     def _close(self) -> None:
         if self.handler is not None:
@@ -54,7 +60,7 @@ class MLLog(Callback):
             self._open()
             return
         self._open()
-        self.log.start("init_start")
+        self.log.start("init_start", time_ms=self.init_ms)
         recipe = {
             "submission_benchmark": "distilbert-sst2",
             "seed": cfg.seed,
@@ -77,9 +83,10 @@ class MLLog(Callback):
     def on_evaluate(self, trainer, row: dict) -> None:
         cfg, p, epoch = trainer.cfg, trainer.progress, row["epoch"]
         now = int(time.time() * 1000)
+        evaluated = now - int(row["eval_s"] * 1000)  # the evaluation's start, and its epoch's end
         if epoch > 0:
-            self.log.end("epoch_stop", metadata={"epoch_num": epoch})
-        self.log.start("eval_start", metadata={"epoch_num": epoch}, time_ms=now - int(row["eval_s"] * 1000))
+            self.log.end("epoch_stop", metadata={"epoch_num": epoch}, time_ms=evaluated)
+        self.log.start("eval_start", metadata={"epoch_num": epoch}, time_ms=evaluated)
         self.log.end("eval_stop", metadata={"epoch_num": epoch}, time_ms=now)
         self.log.event("eval_accuracy", row["accuracy"], metadata={"epoch_num": epoch})
         if epoch == 0:
@@ -93,7 +100,7 @@ class MLLog(Callback):
 
     def on_checkpoint(self, trainer, step: int) -> None:
         offsets = read_state(trainer.out).get("mllog_offsets", {})
-        keep = sorted(offsets, key=int)[-3:]  # the run keeps two checkpoints
+        keep = sorted(offsets, key=int)[-2:]  # the run keeps two checkpoints, and this one may not reach the disk
         kept = {k: offsets[k] for k in keep}
         update_state(trainer.out, mllog_offsets={**kept, str(step): self.path.stat().st_size})
 

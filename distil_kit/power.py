@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from . import energy
@@ -78,27 +79,34 @@ def find_source(device, device_indices: list[int]) -> tuple[object | None, str |
 
 
 class PowerSampler:
-    """Samples ``source.watts()`` every ``period`` seconds on a daemon thread: ``(time.perf_counter(), watts)``."""
+    """Samples ``source.watts()`` every ``period`` seconds on a daemon thread: ``(time.perf_counter(), watts)``.
+
+    The thread holds the sampler only weakly: a run that ends in an error (no event stops it) leaves no thread
+    sampling for the rest of a notebook's session once the run's objects are gone."""
 
     def __init__(self, source, period: float | None = None):
         self.source, self.period = source, period or PERIOD_S
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="power-sampler", daemon=True)
+        self._thread = threading.Thread(
+            target=_sample, args=(weakref.ref(self), self._stop, self.period), name="power-sampler", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self.samples.append((time.perf_counter(), self.source.watts()))
-            if self._stop.wait(self.period):
-                return
 
     def stop(self) -> None:
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
+
+
+def _sample(sampler_ref, stop: threading.Event, period: float) -> None:
+    while (sampler := sampler_ref()) is not None:
+        sampler.samples.append((time.perf_counter(), sampler.source.watts()))
+        del sampler  # held only while sampling
+        if stop.wait(period):
+            return
 
 
 class EnergyMeter(Callback):
@@ -131,7 +139,7 @@ class EnergyMeter(Callback):
         now = time.perf_counter()
         if row["epoch"] == 0:
             self.start = now
-        elif self.target is None and trainer.progress.time_to_target is not None:
+        elif self.target is None and trainer.progress.time_to_target == row["train_s"]:  # this one reached it
             self.target = now
 
     def on_stop(self, trainer, reason: str) -> None:

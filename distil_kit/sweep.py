@@ -8,6 +8,7 @@ dropped). A sweep started again continues: finished seeds are kept, an interrupt
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def run_sweep(config: RunConfig, seeds: list[int], callbacks=(), concurrent: int
             todo[seed] = config.replace(seed=seed, output_dir=str(folder), resume=resume)
     if concurrent > 1 and len(todo) > 1 and callbacks:
         raise KitError(f"parameter 'concurrent'={concurrent}: seeds trained at once take no callbacks")
-    # with mlflow in report_to, the sweep is one MLflow run and each seed's run its child
-    with trackers.sweep_parent(config, seeds) if "mlflow" in (config.report_to or ()) else nullcontext() as parent:
+    # with mlflow in report_to, the sweep is one MLflow run (rank 0's, under torchrun) and each seed's run its child
+    tracked = "mlflow" in (config.report_to or ()) and os.environ.get("RANK", "0") == "0"
+    with trackers.sweep_parent(config, seeds) if tracked else nullcontext() as parent:
         if concurrent > 1 and len(todo) > 1:
             concurrent_seeds(list(todo.values()), concurrent)
         else:
@@ -116,7 +118,6 @@ def concurrent_seeds(configs: list[RunConfig], concurrent: int) -> None:
 
 def _train_seed(values: dict, threads: int) -> str:
     """One seed's run in a process of its own, output to its log; its outcome in one line."""
-    import os
     import sys
 
     import torch

@@ -223,6 +223,8 @@ def sweep_parent(config, seeds: list[int]):
         out.mkdir(parents=True, exist_ok=True)
         update_state(out, tracking_uri=uri, run_id=run_id)
         client.log_batch(run_id, params=_param_list({**config.to_dict(), "seeds": seeds}))
+    else:  # the sweep started again
+        client.update_run(run_id, status="RUNNING")
 
     def finish(record: dict, files: list[Path]) -> None:
         from mlflow.entities import Metric

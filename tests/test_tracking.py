@@ -9,6 +9,7 @@ the test's folder (``MLFLOW_TRACKING_URI`` unset: the default place).
 from __future__ import annotations
 
 import collections
+import gc
 import signal
 from pathlib import Path
 
@@ -177,6 +178,7 @@ def test_mllog_reads_as_one_mlperf_run(resumed):
     assert accuracies == list(zip(resumed.evals.epoch, resumed.evals.accuracy, strict=True))
     for key in ("epoch_start", "epoch_stop"):
         assert [x.value["metadata"]["epoch_num"] for x in lines if x.key == key] == [1, 2], key
+    assert [x.timestamp for x in lines] == sorted(x.timestamp for x in lines)
     order = [x.key for x in lines]
     assert order.index("init_stop") < order.index("run_start") < order.index("epoch_start")
     assert order[-1] == "run_stop"
@@ -273,6 +275,14 @@ def test_the_sampler_reads_a_power_source_in_the_background():
     assert len(sampler.samples) >= 5 and {w for _, w in sampler.samples} == {50.0}
     times = [t for t, _ in sampler.samples]
     assert times == sorted(times)
+    # a sampler nobody stops (its run ended in an error) ends with its run's objects
+    sampler = power.PowerSampler(FakePower(), period=0.01)
+    sampler.start()
+    thread = sampler._thread
+    del sampler
+    gc.collect()
+    thread.join(timeout=1)
+    assert not thread.is_alive()
 
 
 def test_rapl_counters_are_read_as_power_across_a_wrap(tmp_path):
