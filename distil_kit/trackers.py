@@ -11,9 +11,11 @@ MLflow's run (its id in ``<run>/trackers.json``) gets only the steps it has not 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from .atomic import write_json_atomic
 from .callbacks import Callback
 from .errors import KitError
 
-STATE_FILE = "trackers.json"  # in the run folder: the MLflow run a resume continues
+STATE_FILE = "trackers.json"  # in the run folder: what a resume continues (the MLflow run, mllog's offsets)
 PARENT_ENV = "DISTIL_KIT_MLFLOW_PARENT"  # a sweep's parent MLflow run, for its seeds' runs (spawned ones too)
 EXPERIMENT = "distil-kit"
 STEP_METRICS = ("loss", "lr", "samples_per_s")
@@ -59,11 +61,10 @@ def trackers(cfg, world) -> list[Callback]:
     return [make[name](cfg) for name in sorted(set(cfg.report_to or ()), key=list(make).index)]
 
 
-def require(package: str, name: str):
-    import importlib
-
+def require(package: str, name: str) -> None:
+    """``package`` imports, or a one-line error naming the tracker ``name`` that needs it."""
     try:
-        return importlib.import_module(package)
+        importlib.import_module(package)
     except ImportError as e:
         raise KitError(
             f"parameter 'report_to' names {name}, but {package} cannot be imported ({e}); install the tracking "
@@ -126,15 +127,11 @@ def mlflow_client(uri: str):
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is not None:
             return client, experiment.experiment_id
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
         return client, client.create_experiment(EXPERIMENT, artifacts if uri.startswith("sqlite:///") else None)
     except Exception as e:  # MlflowException, connection and database errors alike
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KitError(f"parameter 'report_to': mlflow cannot use tracking URI {uri} ({first})") from None
-
-
-def _params(values: dict) -> dict[str, str]:
-    return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in values.items()}
 
 
 class MLflow(Callback):
@@ -197,24 +194,23 @@ class MLflow(Callback):
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
 def _param_list(values: dict) -> list:
+    """MLflow's params: text, JSON for what is not (``null``, ``["mlflow"]``, ``5e-05``)."""
     from mlflow.entities import Param
 
-    return [Param(k, v) for k, v in _params(values).items()]
+    return [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()]
 
 
 @contextmanager
 def sweep_parent(config, seeds: list[int]):
     """A sweep's parent MLflow run around its seeds' runs (``PARENT_ENV`` names it to them); its id is in
-    ``<output_dir>/trackers.json``, so a sweep started again continues it. Yields a function that finishes it with
-    the sweep's record and files."""
+    ``<output_dir>/trackers.json``, so a sweep started again continues it (one started over, ``overwrite``, gets a
+    new one). Yields a function that finishes it with the sweep's record and files."""
     out = Path(config.output_dir)
-    saved = read_state(out)
+    saved = read_state(out) if not config.overwrite else {}
     uri = saved.get("tracking_uri") or default_tracking_uri(out)
     client, experiment = mlflow_client(uri)
     run_id = saved.get("run_id")
