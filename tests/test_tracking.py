@@ -129,6 +129,24 @@ def test_a_tracker_that_cannot_start_is_one_line_before_loading(config, tmp_path
             engine.finetune(config, output_dir=str(tmp_path / "b"), report_to=["mlflow"])
 
 
+def test_only_rank_0_reports_and_measures(tmp_path, monkeypatch):
+    import torch
+
+    from distil_kit.distributed import World
+    from distil_kit.trackers import trackers
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = RunConfig(output_dir=str(tmp_path / "run"), report_to=ALL)
+    assert trackers(cfg, World(rank=1, size=2)) == []
+    assert [type(t).__name__ for t in trackers(cfg.replace(output_dir=str(tmp_path / "a")), World())] == [
+        "MLLog",
+        "TensorBoard",
+        "MLflow",
+    ]
+    meter = power.EnergyMeter.for_device(torch.device("cpu"), World(rank=1, size=2))
+    assert meter.sampler is None and meter.fields()["energy_note"] == "only rank 0 measures"
+
+
 # --- each tracker read back, after a stop and a resume -------------------------------------------------------------
 
 
