@@ -244,7 +244,8 @@ def summary(
     FlagPerf's three times nest: train_time (the training loop, evaluations included) holds train_no_eval_time,
     which holds pure_training_computing_time (forward, backward and optimizer step: data loading and the loop's
     share of checkpointing taken out). Compile time is in none of them, and the samples of the compiling steps
-    are left out of the throughputs.
+    are left out of the throughputs. ``energy_fields``: the training's energy (``energy.energy_fields``; null, with
+    why, when not given).
     """
     train = times["train"] - times["compile"]
     no_eval = train - times["eval"]
