@@ -34,6 +34,8 @@ SUMMARY_COLUMNS = {
     "e2e_time_s": "e2e_time",
     "peak_memory_gib": "peak_memory_gib",
 }
+# summary.json's energy fields (distil_kit/energy.py), shown where some run measured its power
+ENERGY_COLUMNS = ("energy_j", "energy_to_target_j", "power_avg_w", "power_max_w", "energy_source")
 INTERVAL_COLUMNS = ("final_acc_low", "final_acc_high")  # the final accuracy's 95% Wilson interval
 # Time to target leads: training seconds and epochs until dev accuracy first reached the target (empty: never).
 LEAD_COLUMNS = ("source", "label", "time_to_target_s", "epochs_to_target")
@@ -44,6 +46,7 @@ COMPARISON_COLUMNS = (
     "precision",
     *(c for c in SUMMARY_COLUMNS if c not in LEAD_COLUMNS),
     *INTERVAL_COLUMNS,
+    *ENERGY_COLUMNS,
     "run",
 )
 # Config keys that may differ between repeats of one configuration: the seed, and how a run was launched.
@@ -88,6 +91,7 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             **{col: r.summary[key] for col, key in SUMMARY_COLUMNS.items()},
             "epochs_to_target": epochs_to_target(r.evals.to_dict("records"), r.config["target_acc"]),
             **dict(zip(INTERVAL_COLUMNS, r.summary["acc_interval"], strict=True)),
+            **{col: r.summary.get(col) for col in ENERGY_COLUMNS},  # runs before energy was measured have none
             "run": str(r.folder),
         }
         for r, label in zip(runs, run_labels(runs), strict=True)
@@ -106,8 +110,10 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
                     "run": reference.SOURCE,
                 }
             )
+    measured = any(row.get("energy_source") for row in rows)
+    columns = [c for c in COMPARISON_COLUMNS if measured or c not in ENERGY_COLUMNS]
     # Whole numbers stay whole beside the published rows' gaps.
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)).astype(
+    return pd.DataFrame(rows, columns=columns).astype(
         dict.fromkeys(
             ("epochs_to_target", "batch", "world_size", "epochs_run", "final_correct", "dev_rows", "target_correct"),
             "Int64",

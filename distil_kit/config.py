@@ -24,6 +24,7 @@ import yaml
 from .errors import KitError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+REPORT_TO = ("tensorboard", "mlflow", "mllog")  # report_to's trackers (distil_kit/trackers.py, mllog.py)
 
 
 def _p(default, help: str):
@@ -76,6 +77,9 @@ class RunConfig:
         False, "torch.compile the model (timed as compile_time); off by default: slow to compile, small gain"
     )
     cuda_graphs: bool | None = _p(None, "each step one CUDA graph per batch shape; default: fast where graphs fit")
+    report_to: list | None = _p(
+        None, "also log the run to: a list of tensorboard (<output_dir>/tensorboard), mlflow, mllog; null: none"
+    )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -153,6 +157,11 @@ class RunConfig:
             self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
         )
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+        need(
+            self.report_to is None or all(t in REPORT_TO for t in self.report_to),
+            "report_to",
+            f"null or a list of {', '.join(REPORT_TO)}",
+        )
         step_rows = self.train_batch_size * self.gradient_accumulation_steps
         need(
             self.micro_batch_size is None or self.micro_batch_size > 0 and step_rows % self.micro_batch_size == 0,
@@ -178,7 +187,7 @@ def unknown_parameter(name: str, known) -> str:
     return f"unknown parameter {name!r}; {hint}"
 
 
-_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 # A decimal number as people write one (5e-5, 3e-5, 1.0e-4, .5, 2): YAML 1.1, which PyYAML and papermill's -f/-y
 # speak, reads exponents without a dot ("1e-3") as strings. No nan, inf, hex or underscores.
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -403,6 +412,8 @@ def notebook_config(namespace: dict, notebook: str, **own) -> RunConfig:
     fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     check_notebook_parameters(namespace, [*fields, *own])
     values = {name: namespace[name] for name in fields if name in namespace}
+    if isinstance(values.get("report_to"), str):  # papermill's -p hands a list over as text
+        values["report_to"] = list_parameter("report_to", values["report_to"])
     config = RunConfig.from_dict(values, source="notebook parameters")
     defaults = {**fields, **own}
     changed = {name: namespace[name] for name in defaults if name in namespace and namespace[name] != defaults[name]}

@@ -39,11 +39,13 @@ from .modeling import (
     vocab_sha256,
     weights_sha256,
 )
+from .power import EnergyMeter, measured_energy
 from .progress import Clock, Progress, RateWindow, WindowTotals, summary
 from .recipe import make_optimizer, make_scheduler, total_optimizer_steps
 from .resolve import fuses_steps, resolve_config, resolve_device
 from .step import autocast, make_step
 from .stop_signals import StopSignals
+from .trackers import trackers
 
 GIB = 2**30
 
@@ -348,6 +350,7 @@ class Trainer:
             global_batch_size=self.global_batch_size,
             world_size=self.world.size,
             peak_memory_gib=peak_memory_gib(self.device),
+            energy_fields=measured_energy(self.callbacks),
         )
 
 
@@ -438,7 +441,13 @@ def finetune(
             records.check_output_dir(out, cfg.resume, cfg.overwrite, world_size=world.size)
             if cfg.resume:
                 distributed.on_main(world, lambda: resuming.check_data_unchanged(out, cfg.data_dir))
-            callbacks = [progress or TqdmProgress(), *callbacks]
+            # the trackers start here, before loading: one that cannot is a one-line error, not one after training
+            callbacks = [
+                progress or TqdmProgress(),
+                EnergyMeter.for_device(device, world),
+                *trackers(cfg, world),
+                *callbacks,
+            ]
             trainer = Trainer(cfg, world, device, started, callbacks, fit_micro)  # loads, checks inputs
             if cfg.resume:
                 state, path = checkpoint.load_latest(out / "checkpoints")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import distributed, stats
+from . import distributed, energy, stats
 from .errors import KitError
 
 TIMERS = ("train", "eval", "data", "compile", "checkpoint")
@@ -234,6 +234,7 @@ def summary(
     global_batch_size: int,
     world_size: int,
     peak_memory_gib: float,
+    energy_fields: dict | None = None,
 ) -> dict:
     """summary.json: time to target first (training seconds and epochs until dev accuracy first reached the
     target; null when it never did), then FlagPerf's timers and throughputs, then the kit's own fields. ``times`` as
@@ -243,7 +244,8 @@ def summary(
     FlagPerf's three times nest: train_time (the training loop, evaluations included) holds train_no_eval_time,
     which holds pure_training_computing_time (forward, backward and optimizer step: data loading and the loop's
     share of checkpointing taken out). Compile time is in none of them, and the samples of the compiling steps
-    are left out of the throughputs.
+    are left out of the throughputs. ``energy_fields``: the training's energy (``energy.energy_fields``; null, with
+    why, when not given).
     """
     train = times["train"] - times["compile"]
     no_eval = train - times["eval"]
@@ -287,5 +289,6 @@ def summary(
         "data_time": round(times["data"], 3),
         "global_batch_size": global_batch_size,
         "world_size": world_size,
+        **(energy_fields if energy_fields is not None else energy.unmeasured("not measured")),
         "status": "finished",
     }

@@ -28,6 +28,7 @@ SAFE_TO_CHANGE = (
     "num_workers",
     "collective_timeout_s",
     "threads",
+    "report_to",
 )
 
 

@@ -8,12 +8,14 @@ dropped). A sweep started again continues: finished seeds are kept, an interrupt
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import records, stats
+from . import records, stats, trackers
 from .atomic import write_csv_atomic, write_json_atomic
 from .config import RunConfig, check_concurrent
 from .errors import KitError
@@ -60,19 +62,24 @@ def run_sweep(
         if state != "finished" or config.overwrite:
             resume = state == "unfinished" and not config.overwrite
             todo[seed] = config.replace(seed=seed, output_dir=str(folder), resume=resume)
-    if concurrent > 1 and len(todo) > 1:
-        if callbacks:
-            raise KitError(f"parameter 'concurrent'={concurrent}: seeds trained at once take no callbacks")
-        concurrent_seeds(list(todo.values()), concurrent)
-    else:
-        for seed_config in todo.values():
-            finetune(seed_config, callbacks=callbacks, progress=make_progress() if make_progress else None)
-    runs = [records.Run.read(seed_folder(config.output_dir, seed)) for seed in seeds]
-    table = seed_table(runs, config.target_acc)
-    record = sweep_record(table, config.target_acc)
-    out = Path(config.output_dir)
-    write_csv_atomic(out / "sweep.csv", table)
-    write_json_atomic(out / "sweep.json", record)
+    if concurrent > 1 and len(todo) > 1 and callbacks:
+        raise KitError(f"parameter 'concurrent'={concurrent}: seeds trained at once take no callbacks")
+    # with mlflow in report_to, the sweep is one MLflow run (rank 0's, under torchrun) and each seed's run its child
+    tracked = "mlflow" in (config.report_to or ()) and os.environ.get("RANK", "0") == "0"
+    with trackers.sweep_parent(config, seeds) if tracked else nullcontext() as parent:
+        if concurrent > 1 and len(todo) > 1:
+            concurrent_seeds(list(todo.values()), concurrent)
+        else:
+            for seed_config in todo.values():
+                finetune(seed_config, callbacks=callbacks, progress=make_progress() if make_progress else None)
+        runs = [records.Run.read(seed_folder(config.output_dir, seed)) for seed in seeds]
+        table = seed_table(runs, config.target_acc)
+        record = sweep_record(table, config.target_acc)
+        out = Path(config.output_dir)
+        write_csv_atomic(out / "sweep.csv", table)
+        write_json_atomic(out / "sweep.json", record)
+        if parent is not None:
+            parent(record, [out / "sweep.csv", out / "sweep.json"])
     return table
 
 
@@ -114,7 +121,6 @@ def concurrent_seeds(configs: list[RunConfig], concurrent: int) -> None:
 
 def _train_seed(values: dict, threads: int) -> str:
     """One seed's run in a process of its own, output to its log; its outcome in one line."""
-    import os
     import sys
 
     import torch
