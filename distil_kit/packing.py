@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 FAMILIES = ("distilbert", "bert")  # encoders whose classification head is known here (all-MiniLM-L6-v2 is a BERT)
 
@@ -78,7 +77,10 @@ class PackedClassifier(torch.nn.Module):
         self.model = model
         self.family = model.config.model_type
 
-    def forward(self, input_ids, attention_mask, position_ids, starts) -> SequenceClassifierOutput:
+    def forward(self, input_ids, attention_mask, position_ids, starts):
+        # imported here: transformers at import time would load tqdm.auto into every kernel that imports the kit
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
         m = self.model
         encoder = m.distilbert if self.family == "distilbert" else m.bert
         dtype = encoder.embeddings.word_embeddings.weight.dtype
