@@ -64,6 +64,9 @@ class RunConfig:
     fast: bool = _p(
         False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
     )
+    flagperf_exact: bool = _p(
+        False, "compute exactly what FlagPerf's code computes (docs/recipe.md); false: the kit's recipe"
+    )
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
@@ -147,6 +150,16 @@ class RunConfig:
             self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
         )
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+        # FlagPerf's computation is one plain step per micro-batch of train_batch_size rows, in its order
+        exact = "false with flagperf_exact: true (FlagPerf's computation runs on the plain path)"
+        need(not (self.flagperf_exact and self.fast), "fast", exact)
+        need(not (self.flagperf_exact and self.bucket_batches), "bucket_batches", exact)
+        need(not (self.flagperf_exact and self.cuda_graphs), "cuda_graphs", exact)
+        need(
+            not self.flagperf_exact or self.micro_batch_size in (None, self.train_batch_size),
+            "micro_batch_size",
+            "null or train_batch_size with flagperf_exact: true (FlagPerf's micro-batch)",
+        )
         step_rows = self.train_batch_size * self.gradient_accumulation_steps
         need(
             self.micro_batch_size is None or self.micro_batch_size > 0 and step_rows % self.micro_batch_size == 0,

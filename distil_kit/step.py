@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .batching import Batch
+from .config import micro_batches_per_step
+from .flagperf import flagperf_loss
 from .graphed_step import INPUTS, GraphedStep
 
 
@@ -47,9 +49,10 @@ class EagerStep:
         amp,
         scaler: torch.amp.GradScaler | None = None,
         distributed: bool = False,
+        loss=batch_loss,
     ):
         self.model, self.optimizer, self.device, self.scaler = model, optimizer, device, scaler
-        self.loss = partial(batch_loss, model, amp)
+        self.loss = partial(loss, model, amp)
         self.distributed = distributed
 
     def running(self):
@@ -59,6 +62,18 @@ class EagerStep:
         """Nothing to redo after a checkpoint is loaded (see ``GraphedStep.optimizer_loaded``)."""
 
     def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
+        loss = self.accumulate(micro_batches)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def accumulate(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """Forward and backward only: the gradients add up until a later call applies them (``flagperf_exact``'s
+        group left partial at an epoch's end)."""
         losses = []
         for i, batch in enumerate(micro_batches):
             tensors = {name: getattr(batch, name).to(self.device, non_blocking=True) for name in INPUTS}
@@ -68,12 +83,6 @@ class EagerStep:
                 loss = self.loss(**tensors)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(losses).sum()
 
 
@@ -91,4 +100,13 @@ def make_step(model, optimizer, device: torch.device, cfg, world) -> EagerStep |
     if cfg.cuda_graphs:
         return GraphedStep(partial(batch_loss, trained, amp), model, optimizer, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    if cfg.flagperf_exact:  # FlagPerf's loss, and its DDP gradients averaged at every backward (no no_sync)
+        return EagerStep(
+            trained,
+            optimizer,
+            device,
+            amp,
+            scaler,
+            loss=partial(flagperf_loss, accumulation=micro_batches_per_step(cfg)),
+        )
     return EagerStep(trained, optimizer, device, amp, scaler, world.distributed)
