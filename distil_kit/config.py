@@ -65,7 +65,7 @@ class RunConfig:
         False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
     )
     flagperf_exact: bool = _p(
-        False, "compute exactly what FlagPerf's code computes (docs/recipe.md); false: the kit's recipe"
+        False, "FlagPerf's own computation, bit for bit (docs/recipe.md); false: the kit's recipe"
     )
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
