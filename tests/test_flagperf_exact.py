@@ -11,7 +11,12 @@ its dropout, so every random draw must land where FlagPerf's does.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from distil_kit.callbacks import Callback
 from distil_kit.modeling import load_classifier
 from distil_kit.preprocess import preprocess
 from distil_kit.recipe import optimizer_groups
+from distil_kit.records import Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -166,56 +172,69 @@ def test_fast_is_refused_in_one_line():
 # --- the six together: a whole run equals FlagPerf's computation ------------------------------------------------
 
 
-def flagperf_run(model_dir, data_dir, *, batch_size, accumulation, epochs, lr, seed) -> dict:
-    """FlagPerf's computation as its reference documents it, on one process; its final weights."""
+def flagperf_run(model_dir, data_dir, *, batch_size, accumulation, epochs, lr, seed) -> tuple[dict, float]:
+    """FlagPerf's computation as its reference documents it, on one process or under torchrun (its samplers, DDP
+    without no_sync, evaluation counts summed over ranks, duplicates included); its final weights and last acc."""
+    from transformers import get_scheduler
 
     def tensors(name):
         f = np.load(data_dir / "dataset" / f"{name}_dataset.npz")
         return TensorDataset(*(torch.as_tensor(f[k]) for k in ("input_ids", "attention_mask", "label")))
 
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    train = DataLoader(
-        tensors("train"), sampler=RandomSampler(tensors("train"), generator=generator), batch_size=batch_size
-    )
-    dev = DataLoader(tensors("eval"), batch_size=4)
+    train_set, dev_set = tensors("train"), tensors("eval")
+    ddp = torch.distributed.is_initialized()
+    if ddp:
+        sampler, dev_sampler = DistributedSampler(train_set, seed=seed), DistributedSampler(dev_set)
+    else:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        sampler, dev_sampler = RandomSampler(train_set, generator=generator), None
+    train = DataLoader(train_set, sampler=sampler, batch_size=batch_size)
+    dev = DataLoader(dev_set, sampler=dev_sampler, batch_size=4)
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
     model = load_classifier(str(model_dir))
-    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.0), lr=lr)
-    from transformers import get_scheduler
-
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    optimizer = torch.optim.AdamW(optimizer_groups(trained, 0.0), lr=lr)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=len(train) * epochs)
 
-    def evaluate():
-        model.eval()
+    def evaluate() -> float:
+        trained.eval()
+        correct = torch.zeros(())
         with torch.no_grad():
             for ids, mask, labels in dev:
-                model(input_ids=ids, attention_mask=mask, labels=labels)
+                logits = trained(input_ids=ids, attention_mask=mask).logits
+                correct += (logits.argmax(-1) == labels).sum()
+        if ddp:
+            torch.distributed.all_reduce(correct)
+        return correct.item() / len(dev_set)
 
-    evaluate()
+    acc = evaluate()
     micro_batches = 0
-    for _ in range(epochs):
-        for ids, mask, labels in train:
-            model.train()
-            micro_batches += 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels.long()).loss
-            (loss / accumulation).backward()
-            if micro_batches % accumulation == 0:
-                optimizer.step()
-                optimizer.zero_grad()
-            scheduler.step()
-        evaluate()
-    return model.state_dict()
+    with warnings.catch_warnings():  # torch's warning of a schedule stepped before the first update: FlagPerf's
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs):
+            for ids, mask, labels in train:
+                trained.train()
+                micro_batches += 1
+                loss = trained(input_ids=ids, attention_mask=mask, labels=labels.long()).loss
+                (loss / accumulation).backward()
+                if micro_batches % accumulation == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+                scheduler.step()
+            acc = evaluate()
+    return model.state_dict(), acc
 
 
 def test_a_run_ends_with_the_weights_flagperfs_computation_ends_with(tiny_model, npz_dir, tmp_path):
     cfg = _config(tiny_model, npz_dir, tmp_path / "run", max_train_samples=None)
     run = engine.finetune(cfg)
-    theirs = flagperf_run(tiny_model, npz_dir, batch_size=8, accumulation=3, epochs=2, lr=5e-5, seed=0)
+    theirs, acc = flagperf_run(tiny_model, npz_dir, batch_size=8, accumulation=3, epochs=2, lr=5e-5, seed=0)
     ours = load_file(run.folder / "model" / "model.safetensors")
     assert ours.keys() <= theirs.keys()
     assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
     assert run.summary["steps"] == (2 * 38) // 3  # ceil(300 / 8) micro-batches an epoch, counted over the run
+    assert run.summary["flagperf_acc"] == run.summary["acc"] == acc  # one process: no duplicates
 
 
 def test_resumed_after_an_epoch_with_a_partial_group_equals_the_whole_run(tiny_model, npz_dir, tmp_path):
@@ -244,3 +263,66 @@ def test_params_of_flagperfs_configurations_set_flagperf_exact():
     params = Path(__file__).parents[1] / "params"
     assert all(load_config(p).flagperf_exact for p in params.glob("flagperf_*.yaml"))
     assert not load_config(params / "fast.yaml").flagperf_exact
+
+
+# --- under torchrun -------------------------------------------------------------------------------------------
+
+
+def _torchrun(mode: str, out: Path, config: dict, nproc: int = 2) -> None:
+    """This file as the harness of ``nproc`` processes (gloo on CPU): ``kit`` runs finetune, ``flagperf`` the
+    FlagPerf-shaped loop (its weights and acc saved by rank 0)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    proc = subprocess.run(
+        [*cmd, __file__, mode, str(out), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_under_torchrun_a_run_ends_with_flagperfs_weights_and_reports_its_duplicates(tiny_model, npz_dir, tmp_path):
+    """Two ranks: FlagPerf's DistributedSampler without set_epoch (300 rows: 150 each, 19 micro-batches of 8), its
+    evaluation over 61 dev rows padded to 62 (one duplicate, counted in its acc, not in the kit's)."""
+    config = _config(tiny_model, npz_dir, tmp_path / "run")
+    _torchrun("kit", tmp_path / "run", config)
+    _torchrun("flagperf", tmp_path / "flagperf", config)
+    run = Run(tmp_path / "run")
+    theirs = torch.load(tmp_path / "flagperf" / "weights.pt")
+    ours = load_file(run.folder / "model" / "model.safetensors")
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
+    assert run.summary["steps"] == (2 * 19) // 3
+    assert run.summary["flagperf_acc"] == json.loads((tmp_path / "flagperf" / "acc.json").read_text())
+    predictions = run.predictions
+    assert len(predictions) == 61 and run.summary["acc_correct"] == int((predictions.pred == predictions.label).sum())
+    duplicate = int(predictions.pred[_first_dev_duplicate(61)] == predictions.label[_first_dev_duplicate(61)])
+    assert round(run.summary["flagperf_acc"] * 61) == run.summary["acc_correct"] + duplicate
+    assert run.summary["flagperf_num_trained_samples"] == 2 * 19 * 8 * 2
+
+
+def _first_dev_duplicate(rows: int) -> int:
+    """The dev row an evaluation DistributedSampler of two ranks scores twice (its padding repeats the first)."""
+    return list(DistributedSampler(range(rows), 2, 0))[0]
+
+
+if __name__ == "__main__":
+    mode, out, config = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    if mode == "kit":
+        engine.finetune(config)
+    else:
+        torch.distributed.init_process_group("gloo")
+        weights, acc = flagperf_run(
+            Path(config["model"]),
+            Path(config["data_dir"]),
+            batch_size=config["train_batch_size"],
+            accumulation=config["gradient_accumulation_steps"],
+            epochs=config["epochs"],
+            lr=5e-5,
+            seed=0,
+        )
+        if torch.distributed.get_rank() == 0:
+            out.mkdir(parents=True)
+            torch.save(weights, out / "weights.pt")
+            (out / "acc.json").write_text(json.dumps(acc))
+        torch.distributed.destroy_process_group()
