@@ -17,6 +17,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -191,7 +192,7 @@ class Trainer:
         else:
             loss = self.step(micro)
             self.scheduler.step()
-        self.progress.step += apply
+        self.progress.step += int(apply)
         if compiles:
             self.sync()
             self.clock.add("compile", time.perf_counter() - t0)
@@ -258,7 +259,7 @@ class Trainer:
         """The current weights on the dev split, in the run's precision and padding (FlagPerf's evaluation when
         exact: its count, duplicates included, kept for the summary)."""
         cfg = self.cfg
-        amp = lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs)  # noqa: E731
+        amp = partial(autocast, self.device, cfg.precision, cfg.cuda_graphs)
         if self.exact:
             result = flagperf.evaluate(
                 self.model,
