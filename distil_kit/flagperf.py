@@ -131,17 +131,17 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=FullWidthCollate())
     was_training = model.training
     model.eval()
-    idx, pred, prob = [], [], []
+    pred, prob = [], []
     for batch in loader:  # iter() takes FlagPerf's global draw (no generator)
         with amp():
             logits = model(
                 input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
             ).logits
-        idx.append(batch.idx)
         pred.append(logits.argmax(dim=-1).cpu())
         prob.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
     model.train(was_training)
-    local = (torch.cat(idx).tolist(), torch.cat(pred).tolist(), torch.cat(prob).tolist()) if idx else ([], [], [])
+    positions = list(sampler) if sampler is not None else list(range(len(dev)))  # the rows in the loader's order
+    local = (positions, torch.cat(pred).tolist(), torch.cat(prob).tolist()) if pred else ([], [], [])
     scored = _scored(dev, distributed.gather_objects(local, world))  # every rank's, on every rank
     first = scored.drop_duplicates("row").sort_values("row")
     predictions = pd.DataFrame(
