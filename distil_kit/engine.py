@@ -1,4 +1,5 @@
-"""``finetune``: FlagPerf's recipe and timers, run records, checkpoints, clean stops, on one or many devices.
+"""``finetune``: the kit's recipe (or, ``flagperf_exact``, FlagPerf's own computation) and FlagPerf's timers, run
+records, checkpoints, clean stops, on one or many devices.
 
 Read ``finetune`` top to bottom: resolve the config, check the output folder, set up the ``Trainer`` (data and
 model loaded and checked before heavy work), load a checkpoint when resuming, evaluate once, then train epoch by
