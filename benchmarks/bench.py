@@ -6,10 +6,10 @@ Every variant trains the first ``--rows`` training rows of SST-2 for one epoch i
 (micro-batches of 32, 8 accumulated: FlagPerf's A100 1x1 configuration), lr 5e-5, weight decay 0, linear decay,
 no warm-up, seed 0:
 
-  a  FlagPerf as it ran, re-implemented here (not through the kit's engine): every row padded to 512, a seeded
-     RandomSampler, 32 x 8 accumulation (each micro-batch's loss divided by 8, the scheduler stepped per
-     micro-batch as FlagPerf does), plain ``torch.optim.AdamW`` on FlagPerf's no-decay groups
-     (``distil_kit.recipe``), the loss read with ``.item()`` every micro-batch. FlagPerf's "fp32" ran with TF32
+  a  FlagPerf as it ran: the kit's ``flagperf_exact`` mode, which computes what FlagPerf's code computes
+     (docs/recipe.md: its seeded RandomSampler, every row at the files' 512 width, 32 x 8 accumulation counted over
+     the run with each micro-batch's loss divided by 8, the scheduler stepped per micro-batch, its evaluation of 4
+     rows at a time), on the slice padded to 512 by the kit's preprocess. FlagPerf's "fp32" ran with TF32
      matmuls (NVIDIA's container on A100s): on a GPU with TF32, ``a`` runs with TF32 allowed and ``a-fp32`` strict
      fp32, and every ratio is to the faster of the two; on a CPU there is no TF32 and ``a`` is fp32.
   b  a plain Hugging Face ``Trainer`` script at FlagPerf's settings: ``per_device_train_batch_size=32``,
@@ -27,17 +27,17 @@ computed), peak memory, and model FLOP utilisation: 6 x the model's non-embeddin
 the bf16 matmul rate this script measures on the same device (``matmul_tflops``); ratios of samples/s to a, b and e.
 
 Timing: one whole epoch over the slice for every variant (first step included), after one untimed process-wide
-warm-up (a few forward/backward/AdamW steps of the model, which are then thrown away). For a, b and e the clock runs
+warm-up (a few forward/backward/AdamW steps of the model, which are then thrown away). For b and e the clock runs
 from the first batch to the end of the last optimizer step (model loading, tokenizing and the Trainer's set-up
-excluded); for c and d it is the kit's own ``throughput(ips)_no_eval`` and ``tokens_per_s`` from summary.json
+excluded); for a, c and d it is the kit's own ``throughput(ips)_no_eval`` and ``tokens_per_s`` from summary.json
 (evaluation excluded; on a GPU with compile or CUDA graphs, the steps that compile or capture are excluded and
 shown as compile_s). Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` during the variant (stats reset
 before it); on CPU the peak process RSS during the variant minus the RSS just before it, model loading included (see
 measure.PeakMemory).
 
 On CPU FlagPerf's 512-padded recipe is slow: ``--flagperf-rows`` gives variant a fewer rows (every one of its
-micro-batches has the same [32, 512] shape, so its samples/s does not depend on which rows it gets; a last
-accumulation group shorter than 8 micro-batches still ends in an optimizer step).
+micro-batches has the same [32, 512] shape, so its samples/s does not depend on which rows it gets; as in FlagPerf,
+a last accumulation group shorter than 8 micro-batches is trained but never applied).
 
 The CSV goes to bench_out/ (ignored by git); ``--out benchmarks/results`` records a result. Fast vs plain dev
 accuracy is benchmarks/guard.py.
@@ -58,7 +58,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -67,7 +66,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout: import the kit from it
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
@@ -116,8 +114,8 @@ CPU_TARGETS = (
 )
 PADDING_SHARE = 0.9  # and d turns at least this share of its padding advantage over b into speed
 TIMING = (
-    "whole epoch per variant after an untimed process-wide warm-up; a/b/e timed here from first batch to last "
-    "optimizer step, c/d summary.json throughput(ips)_no_eval (eval and compile steps excluded)"
+    "whole epoch per variant after an untimed process-wide warm-up; b/e timed here from first batch to last "
+    "optimizer step, a/c/d summary.json throughput(ips)_no_eval (eval and compile steps excluded)"
 )
 
 
@@ -174,6 +172,23 @@ def warm_up(model_dir: str, device: torch.device, steps: int) -> None:
     del model, opt
 
 
+TIMED_FIELDS = (  # timed_row's keys, in its order
+    "rows_timed",
+    "steps",
+    "precision",
+    "micro_batch",
+    "seconds",
+    "samples_per_s",
+    "real_tokens",
+    "tokens_per_s",
+    "padded_tokens",
+    "padded_tokens_per_s",
+    "peak_mem_gib",
+    "mem_kind",
+    "compile_s",
+)
+
+
 def timed_row(precision: str, micro: int, steps: int, rows: int, real: int, padded: int, seconds: float, mem) -> dict:
     """A variant's CSV fields from what it trained and how long it took."""
     return {
@@ -196,35 +211,6 @@ def timed_row(precision: str, micro: int, steps: int, rows: int, real: int, padd
 # --- a: FlagPerf as it ran -------------------------------------------------------------------------------------
 
 
-class _FlagPerfDataset(torch.utils.data.Dataset):
-    """FlagPerf's DistilBertDataset: rows of the 512-padded npz arrays as a dict of numpy values."""
-
-    def __init__(self, split):
-        self.split = split
-
-    def __len__(self):
-        return len(self.split)
-
-    def __getitem__(self, i):
-        s = self.split
-        return {
-            "sentence": s.sentence[i],
-            "label": s.label[i],
-            "input_ids": s.input_ids[i],
-            "attention_mask": s.attention_mask[i],
-        }
-
-
-def _flagperf_collate(features):
-    """FlagPerf's default_data_collator (transformers 4.31's): labels from 'label', numpy rows stacked, strings
-    dropped."""
-    batch = {"labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
-    for k, v in features[0].items():
-        if k != "label" and not isinstance(v, str):
-            batch[k] = torch.tensor(np.stack([f[k] for f in features]))
-    return batch
-
-
 def has_tf32(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
@@ -240,51 +226,26 @@ def tf32_matmuls(allowed: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def run_flagperf(ctx: Context, train, tf32: bool) -> dict:
-    from distil_kit.modeling import load_tokenizer
-    from distil_kit.preprocess import tokenize
-    from distil_kit.recipe import make_optimizer, make_scheduler
+def run_flagperf(ctx: Context, rows: int, tf32: bool, name: str) -> dict:
+    """Variant a: the kit's ``flagperf_exact`` mode (FlagPerf's own computation, docs/recipe.md) on the slice's first
+    ``rows`` rows padded to 512 as FlagPerf's files are (``preprocess --padding max_length``)."""
+    from distil_kit.preprocess import preprocess
 
-    device = ctx.device
-    split = tokenize(train, load_tokenizer(ctx.model), padding="max_length", max_length=MAX_LEN)
-    generator = torch.Generator()
-    generator.manual_seed(SEED)
-    dataset = _FlagPerfDataset(split)
-    sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=BATCH, collate_fn=_flagperf_collate, drop_last=False, num_workers=0
+    folder = ctx.tmp / "flagperf-512"
+    if not (folder / "dataset").is_dir():  # a-fp32 trains the same files
+        preprocess(ctx.data, ctx.model, folder, padding="max_length", max_length=MAX_LEN)
+    row, _ = run_kit(
+        ctx,
+        fast=False,
+        rows=rows,
+        name=name,
+        flagperf_exact=True,
+        data_dir=str(folder),
+        precision="tf32" if tf32 else "fp32",
+        eval_batch_size=4,
     )
-    with PeakMemory(device) as mem, tf32_matmuls(tf32):
-        model = load_model(ctx.model, device)
-        # FlagPerf's optimizer is the kit's recipe (plain, not fused, AdamW on its two parameter groups); its
-        # scheduler decays over the micro-batches, not the optimizer steps
-        optimizer = make_optimizer(model, LR, weight_decay=0.0)
-        scheduler = make_scheduler(optimizer, len(loader))
-        steps, losses = 0, []
-        sync(device)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            # Stepping the scheduler on micro-batches that did not step the optimizer is FlagPerf's, not a slip
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            for i, batch in enumerate(loader):  # FlagPerf's train_one_epoch / train_one_step / adapter.backward
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                model.train()
-                loss = model(**batch)["loss"] / ACCUMULATION
-                losses.append(loss.item())
-                loss.backward()
-                if (i + 1) % ACCUMULATION == 0 or i + 1 == len(loader):
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    steps += 1
-                scheduler.step()
-        sync(device)
-        seconds = time.perf_counter() - t0
-    if not all(math.isfinite(x) for x in losses):
-        raise BenchError(f"variant a: loss became {losses[-1]}")
-    del model, optimizer
-    rows = len(split)
-    precision = "tf32" if tf32 else "fp32"
-    return timed_row(precision, BATCH, steps, rows, int(split.lengths.sum()), rows * MAX_LEN, seconds, mem)
+    # timed_row's fields in its order, as the other variants timed here (the CSV's columns follow the first row's)
+    return {key: row[key] for key in TIMED_FIELDS}
 
 
 # --- b: a plain Hugging Face Trainer script ----------------------------------------------------------------------
@@ -509,7 +470,7 @@ def benchmark(args) -> pd.DataFrame:
             contention = Contention()
             t0 = time.perf_counter()
             if v == "a":
-                results[key] = run_flagperf(ctx, train.head(flagperf_rows), tf32=tf32)
+                results[key] = run_flagperf(ctx, flagperf_rows, tf32=tf32, name=key)
             elif v == "b":
                 results[key] = run_hf_trainer(ctx, train, bf16=fast_bf16)
             elif v in BARE:

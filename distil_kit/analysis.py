@@ -80,7 +80,8 @@ def run_labels(runs: list[Run]) -> list[str]:
 
 
 def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
-    """Runs side by side, then (``published``) FlagPerf's A100 rows; ``source`` tells measured from published."""
+    """Runs side by side, then (``published``) FlagPerf's published rows (every vendor's); ``source`` tells
+    measured from published."""
     rows = [
         {
             "source": "measured",
@@ -102,12 +103,12 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             rows.append(
                 {
                     "source": "published",
-                    "label": f"FlagPerf A100, {row['configuration']}{hp}",
+                    "label": f"FlagPerf {row['device']}, {row['configuration']}{hp}",
                     "model": reference.MODEL,
-                    "device": reference.DEVICE,
+                    "device": row["device"],
                     "precision": reference.PRECISION,
                     **{col: row[key] for col, key in SUMMARY_COLUMNS.items() if key in row},
-                    "run": reference.SOURCE,
+                    "run": row["source"],
                 }
             )
     measured = any(row.get("energy_source") for row in rows)

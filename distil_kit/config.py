@@ -69,6 +69,9 @@ class RunConfig:
     fast: bool = _p(
         False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
     )
+    flagperf_exact: bool = _p(
+        False, "FlagPerf's own computation, bit for bit (docs/recipe.md); false: the kit's recipe"
+    )
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast, unless packing")
     packing: bool = _p(False, "whole sentences end to end in rows of one width: no padding (DistilBERT, BERT)")
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
@@ -157,6 +160,17 @@ class RunConfig:
             self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of", "a whole number > 0"
         )
         need(not (self.resume and self.overwrite), "resume", "resume and overwrite not both true")
+        # FlagPerf's computation is one plain step per micro-batch of train_batch_size rows, in its order
+        exact = "false with flagperf_exact: true (FlagPerf's computation runs on the plain path)"
+        need(not (self.flagperf_exact and self.fast), "fast", exact)
+        need(not (self.flagperf_exact and self.bucket_batches), "bucket_batches", exact)
+        need(not (self.flagperf_exact and self.cuda_graphs), "cuda_graphs", exact)
+        need(not (self.flagperf_exact and self.packing), "packing", exact)
+        need(
+            not self.flagperf_exact or self.micro_batch_size in (None, self.train_batch_size),
+            "micro_batch_size",
+            "null or train_batch_size with flagperf_exact: true (FlagPerf's micro-batch)",
+        )
         need(
             self.report_to is None or all(t in REPORT_TO for t in self.report_to),
             "report_to",

@@ -1,4 +1,5 @@
-"""``finetune``: FlagPerf's recipe and timers, run records, checkpoints, clean stops, on one or many devices.
+"""``finetune``: the kit's recipe (or, ``flagperf_exact``, FlagPerf's own computation) and FlagPerf's timers, run
+records, checkpoints, clean stops, on one or many devices.
 
 Read ``finetune`` top to bottom: resolve the config, check the output folder, set up the ``Trainer`` (data and
 model loaded and checked before heavy work), load a checkpoint when resuming, evaluate once, then train epoch by
@@ -15,13 +16,27 @@ import os
 import resource
 import shutil
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from . import atomic, batching, checkpoint, data, distributed, micro_batch, model_card, packing, records, resuming
+from . import (
+    atomic,
+    batching,
+    checkpoint,
+    data,
+    distributed,
+    flagperf,
+    micro_batch,
+    model_card,
+    packing,
+    records,
+    resuming,
+)
 from .atomic import replace_dir, write_json_atomic
 from .batching import batches_of_each_shape, train_loader
 from .callbacks import Callback, CallbackList, TqdmProgress
@@ -103,16 +118,22 @@ class Trainer:
             cfg = _fitted_micro_batch(cfg, self.model, self.splits["train"], device, world)
         self.cfg = cfg
 
-        self.sampler, self.loader = train_loader(
+        self.exact = cfg.flagperf_exact  # FlagPerf's own computation (flagperf.py, docs/recipe.md)
+        self.sampler, self.loader = (flagperf.train_loader if self.exact else train_loader)(
             self.splits["train"], cfg, rank=world.rank, world_size=world.size, pin_memory=device.type == "cuda"
         )
 
         self.accumulation = micro_batches_per_step(cfg)  # 1 when fused (micro_batch_size: the whole step)
-        self.total_steps = total_optimizer_steps(self.batches_per_epoch, self.accumulation, cfg.epochs)
+        micro_batches = self.batches_per_epoch * cfg.epochs
+        if self.exact:  # FlagPerf counts micro-batches over the run: the last partial group is never applied
+            self.total_steps = micro_batches // self.accumulation
+        else:
+            self.total_steps = total_optimizer_steps(self.batches_per_epoch, self.accumulation, cfg.epochs)
         self.optimizer = make_optimizer(
             self.model, cfg.lr, cfg.weight_decay, fused=cfg.fused_adamw, capturable=cfg.cuda_graphs
         )
-        self.scheduler = make_scheduler(self.optimizer, self.total_steps)
+        # FlagPerf steps its schedule once per micro-batch (train/trainer.py), the kit once per optimizer step
+        self.scheduler = make_scheduler(self.optimizer, micro_batches if self.exact else self.total_steps)
         self.step = make_step(self.model, self.optimizer, device, cfg, world)
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
@@ -124,6 +145,7 @@ class Trainer:
         self.scored_final = False  # predictions hold the final weights' dev scores
         self._seen_shapes: set[tuple] = set()
         self.step_queued = torch.cuda.Event() if device.type == "cuda" else None  # done once the last step ran
+        self.flagperf_counted: int | None = None  # FlagPerf's last dev count (exact: duplicates included)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -153,16 +175,20 @@ class Trainer:
         """One epoch, or what is left of it; False when stopped by a signal (after a checkpoint)."""
         cfg, p, n = self.cfg, self.progress, self.batches_per_epoch
         self.sampler.set_epoch(p.epoch, skip=p.batches_done)
+        if self.exact and p.batches_done == 0:
+            flagperf.draw_loader_seed()  # FlagPerf's iter() of its training loader, at the epoch's start only
         batches = iter(self.loader)
         self.window.reset(self.clock.no_eval_seconds())
         while p.batches_done < n:
             t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(min(self.accumulation, n - p.batches_done))]
+            # FlagPerf counts micro-batches over the run: a group left partial at an epoch's end carries over
+            pending = (p.epoch * n + p.batches_done) % self.accumulation if self.exact else 0
+            micro = [next(batches) for _ in range(min(self.accumulation - pending, n - p.batches_done))]
             # On a GPU the host fetches the next batch while the steps it queued still run: that time is data time
             # (left out of pure compute) only if the GPU had caught up by the end of it (an event query, no sync).
             if self.step_queued is None or self.step_queued.query():
                 self.clock.add("data", time.perf_counter() - t0)
-            self.train_step(micro)
+            self.train_step(micro, apply=pending + len(micro) == self.accumulation or not self.exact)
             if self.step_queued is not None:
                 self.step_queued.record()
             p.batches_done += len(micro)
@@ -180,17 +206,21 @@ class Trainer:
                     return False
         return True
 
-    def train_step(self, micro: list) -> None:
-        """One optimizer step; when it meets a new input shape while compiling or capturing, its time is compile
-        time and its rows are left out of the rates."""
+    def train_step(self, micro: list, apply: bool = True) -> None:
+        """One optimizer step (without it when not ``apply``: a partial group whose gradients carry over, as
+        FlagPerf's do); when it meets a new input shape while compiling or capturing, its time is compile time and
+        its rows are left out of the rates."""
         shapes = {batching.shape(batch) for batch in micro}
         compiles = (self.cfg.compile or self.cfg.cuda_graphs) and not shapes <= self._seen_shapes
         if compiles:
             self.sync()
             t0 = time.perf_counter()
-        loss = self.step(micro)
-        self.scheduler.step()
-        self.progress.step += 1
+        if self.exact:
+            loss = self.flagperf_step(micro, apply)
+        else:
+            loss = self.step(micro)
+            self.scheduler.step()
+        self.progress.step += int(apply)
         if compiles:
             self.sync()
             self.clock.add("compile", time.perf_counter() - t0)
@@ -198,6 +228,19 @@ class Trainer:
         rows, tokens = sum(b.n_rows for b in micro), sum(b.n_tokens for b in micro)
         padded = sum(b.input_ids.numel() for b in micro)
         self.window.add(self.progress.step, loss, rows, tokens, padded, compiles)
+
+    def flagperf_step(self, micro: list, apply: bool) -> torch.Tensor:
+        """FlagPerf's group (train/trainer.py, ``train_one_step``): the schedule steps after every micro-batch, so
+        the update uses the learning rate after all but the group's last; the optimizer steps at the last when
+        ``apply``. Its loss for the records: the mean of the micro-batches' mean losses."""
+        losses = []
+        for i, batch in enumerate(micro):
+            update = apply and i == len(micro) - 1
+            losses.append(self.step([batch]) if update else self.step.accumulate([batch]))
+            with warnings.catch_warnings():  # torch warns of a schedule stepped before the first update: FlagPerf's
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+        return torch.stack(losses).sum() * self.accumulation / len(micro)
 
     def capture_ahead(self) -> None:
         """Every input shape the rest of the run meets, captured as one CUDA graph each as training starts (timed
@@ -241,15 +284,28 @@ class Trainer:
         return totals
 
     def score(self) -> Evaluation:
-        """The current weights on the dev split, in the run's precision and padding."""
+        """The current weights on the dev split, in the run's precision and padding (FlagPerf's evaluation when
+        exact: its count, duplicates included, kept for the summary)."""
         cfg = self.cfg
+        amp = partial(autocast, self.device, cfg.precision, cfg.cuda_graphs)
+        if self.exact:
+            result = flagperf.evaluate(
+                self.model,
+                self.splits["dev"],
+                batch_size=cfg.eval_batch_size,
+                device=self.device,
+                world=self.world,
+                amp=amp,
+            )
+            self.flagperf_counted = result.counted
+            return result
         return evaluate(
             self.model,
             self.splits["dev"],
             batch_size=cfg.eval_batch_size,
             device=self.device,
             world=self.world,
-            amp=lambda: autocast(self.device, cfg.precision, cfg.cuda_graphs),
+            amp=amp,
             pad_to_multiple_of=cfg.pad_to_multiple_of,
             packing=cfg.packing,
         )
@@ -286,6 +342,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
             "rng": rng,
+            # exact: the gradients of a group left partial at an epoch's end, which the next epoch completes
+            "grads": [p.grad for p in self.model.parameters()] if self.exact else None,
             "timers": self.clock.state_dict(),
             **self.progress.state_dict(),
         }
@@ -303,6 +361,9 @@ class Trainer:
         if self.step.scaler and state["scaler"]:
             self.step.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"][self.world.rank])
+        if state.get("grads"):
+            for param, grad in zip(self.model.parameters(), state["grads"], strict=True):
+                param.grad = None if grad is None else grad.to(param.device)
         self.progress = Progress.from_state(state)
         self.clock = Clock(self.clock.started, state["timers"])
 
@@ -343,7 +404,7 @@ class Trainer:
             self.clock.add("checkpoint", time.perf_counter() - t0)
 
     def summary(self) -> dict:
-        return summary(
+        result = summary(
             self.progress,
             self.clock.times(),
             target_acc=self.cfg.target_acc,
@@ -352,6 +413,12 @@ class Trainer:
             peak_memory_gib=peak_memory_gib(self.device),
             energy_fields=measured_energy(self.callbacks),
         )
+        if self.exact:  # FlagPerf's own figures where its definitions differ from the kit's (run_pretraining.py)
+            micro_batches = self.progress.epoch * self.batches_per_epoch
+            result["flagperf_acc"] = self.flagperf_counted / len(self.splits["dev"])  # duplicates counted
+            # every micro-batch counted as full, on every device
+            result["flagperf_num_trained_samples"] = micro_batches * self.cfg.train_batch_size * self.world.size
+        return result
 
 
 def peak_memory_gib(device: torch.device) -> float:

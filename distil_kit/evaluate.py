@@ -20,6 +20,7 @@ class Evaluation:
     correct: int
     total: int
     predictions: pd.DataFrame | None  # one row per dev sentence, in dev order; on rank 0 only
+    counted: int | None = None  # FlagPerf's count where it differs: its evaluation's duplicates included (flagperf)
 
     @property
     def accuracy(self) -> float:

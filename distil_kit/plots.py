@@ -215,8 +215,8 @@ def _value_labels(values) -> list[str]:
 
 
 def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
-    """FlagPerf's metrics per run: the three throughputs and e2e_time, with FlagPerf's published A100 rows
-    (hatched) when ``published``."""
+    """FlagPerf's metrics per run: the three throughputs and e2e_time, with FlagPerf's published rows (hatched;
+    n/a where a vendor published none) when ``published``."""
     table = analysis.comparison_table(runs, published)
     hatch = ["//" if src == "published" else "" for src in table.source]
     y = np.arange(len(table))
@@ -240,7 +240,7 @@ def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
         "FlagPerf metrics: measured runs"
-        + (", and FlagPerf's published A100 results (hatched, not measured here)" if published else "")
+        + (", and FlagPerf's published results (hatched, not measured here; single runs)" if published else "")
     )
     fig.legend(*rates.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     return fig

@@ -1,5 +1,7 @@
-"""FlagPerf's optimisation recipe: AdamW with no weight decay on biases and LayerNorm weights, and a linear
-learning-rate decay to zero with no warm-up over every optimizer step of the run."""
+"""The kit's optimisation recipe: FlagPerf's AdamW groups (no weight decay on biases and LayerNorm weights) and a
+linear learning-rate decay to zero with no warm-up over every optimizer step of the run, stepped once per optimizer
+step. FlagPerf's code steps its schedule once per micro-batch over the run's micro-batches and never applies a last
+partial group (docs/recipe.md, 5 and 6); ``flagperf_exact`` does as it does (``engine.Trainer.flagperf_step``)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:
-    """Optimizer steps of the whole run: a partial accumulation group at an epoch's end is a step of its own."""
+    """Optimizer steps of the whole run: a partial accumulation group at an epoch's end is a step of its own (a
+    correction: FlagPerf's code carries it into the next epoch)."""
     return math.ceil(batches_per_epoch / accumulation) * epochs
 
 

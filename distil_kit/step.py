@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .batching import Batch, tensors
+from .config import micro_batches_per_step
+from .flagperf import flagperf_loss
 from .graphed_step import GraphedStep
 from .packing import PackedClassifier
 
@@ -49,9 +51,10 @@ class EagerStep:
         amp,
         scaler: torch.amp.GradScaler | None = None,
         distributed: bool = False,
+        loss=None,
     ):
         self.model, self.optimizer, self.device, self.scaler = model, optimizer, device, scaler
-        self.loss = partial(batch_loss, model, amp)
+        self.loss = partial(loss or batch_loss, model, amp)  # ``loss(model, amp, **batch tensors)``
         self.distributed = distributed
 
     def running(self):
@@ -61,6 +64,18 @@ class EagerStep:
         """Nothing to redo after a checkpoint is loaded (see ``GraphedStep.optimizer_loaded``)."""
 
     def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
+        loss = self.accumulate(micro_batches)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def accumulate(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """Forward and backward only: the gradients add up until a later call applies them (``flagperf_exact``'s
+        group left partial at an epoch's end)."""
         losses = []
         for i, batch in enumerate(micro_batches):
             inputs = {name: t.to(self.device, non_blocking=True) for name, t in tensors(batch).items()}
@@ -70,12 +85,6 @@ class EagerStep:
                 loss = self.loss(**inputs)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(losses).sum()
 
 
@@ -93,4 +102,13 @@ def make_step(model, optimizer, device: torch.device, cfg, world) -> EagerStep |
     if cfg.cuda_graphs:
         return GraphedStep(partial(batch_loss, trained, amp), model, optimizer, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    if cfg.flagperf_exact:  # FlagPerf's loss, and its DDP gradients averaged at every backward (no no_sync)
+        return EagerStep(
+            trained,
+            optimizer,
+            device,
+            amp,
+            scaler,
+            loss=partial(flagperf_loss, accumulation=micro_batches_per_step(cfg)),
+        )
     return EagerStep(trained, optimizer, device, amp, scaler, world.distributed)

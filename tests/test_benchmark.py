@@ -82,8 +82,9 @@ def test_tiny_benchmark_writes_all_variants(tmp_path, sst2_dir, minilm_dir):
         assert by.loc["e", column] == by.loc["d", column], column
         assert by.loc["q", column] == by.loc["p", column], column
     assert by.loc["p", "padded_tokens"] < 0.8 * by.loc["d", "padded_tokens"]
-    # 64 rows at FlagPerf's 32 x 8: one (short) optimizer step everywhere
-    assert (by["steps"] == 1).all()
+    # 64 rows at FlagPerf's 32 x 8: one (short) optimizer step, except in FlagPerf's computation, which never applies
+    # the run's last partial group
+    assert by.loc["a", "steps"] == 0 and (by.drop(index="a")["steps"] == 1).all()
     assert frame["model"].iloc[0] == "random-distilbert-tiny"
     assert "bench-cpu" in csv.name and csv.name.endswith(".csv")
     # the printed table and targets, the padding-adjusted one from the padded counts (b pads more than d)
