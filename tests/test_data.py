@@ -452,6 +452,7 @@ def test_bad_padding_parameters(small_tsv, minilm_dir, tmp_path, padding, max_le
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_preprocess_full_sst2(sst2_dir, minilm_dir, tmp_path):
     """The issue's command: all 67,349 + 872 rows in FlagPerf's schema."""
     out = tmp_path / "x"

@@ -36,7 +36,8 @@ from distil_kit.modeling import load_classifier, load_tokenizer
 from distil_kit.records import Run
 from distil_kit.resolve import resolve_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+# torchrun starts processes: the end-to-end tier (slow)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # one_thread: see conftest
 
 ROWS = 297  # 37 global batches of 8 and one of a single row: rank 1 gets a filler row in the last batch
 BATCH = 4  # per process; the one-process run uses 2 * BATCH

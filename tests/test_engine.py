@@ -329,6 +329,7 @@ def test_model_card_metadata_names_a_hub_base_model_and_leaves_a_local_folder_to
     assert "base_model" not in yaml.safe_load(metadata({"model": str(tmp_path)}, {"acc": 0.9106}, "run"))
 
 
+@pytest.mark.slow
 def test_cli_finetune_with_params_file(tiny_model, sst2_dir, tmp_path):
     import subprocess
     import sys

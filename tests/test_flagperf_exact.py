@@ -282,6 +282,7 @@ def _torchrun(mode: str, out: Path, config: dict, nproc: int = 2) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_under_torchrun_a_run_ends_with_flagperfs_weights_and_reports_its_duplicates(tiny_model, npz_dir, tmp_path):
     """Two ranks: FlagPerf's DistributedSampler without set_epoch (300 rows: 150 each, 19 micro-batches of 8), its
     evaluation over 61 dev rows padded to 62 (one duplicate, counted in its acc, not in the kit's)."""

@@ -152,15 +152,15 @@ def test_steady_state_steps_make_no_host_sync(base_model, sst2_dir, tmp_path, mo
     syncs = []
     train_step = engine.Trainer.train_step
 
-    def watched(trainer, micro):
+    def watched(trainer, micro, apply=True):
         seen = {batching.shape(b) for b in micro} <= trainer._seen_shapes
         if not seen:
-            return train_step(trainer, micro)
+            return train_step(trainer, micro, apply)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_step(trainer, micro)
+                train_step(trainer, micro, apply)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         # (the first use of the mode also warns that it is a prototype: not a sync)

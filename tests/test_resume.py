@@ -106,6 +106,7 @@ def _start_and_wait_for_checkpoint(config: dict, out: Path, log: Path) -> subpro
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(run_config, reference, tmp_path):
     out = tmp_path / "run"
     proc = _start_and_wait_for_checkpoint(run_config, out, tmp_path / "log.txt")
@@ -146,6 +147,7 @@ def _start_and_kill_once(config: dict, out: Path, log: Path, ready) -> list[int]
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 def test_sigkill_before_any_checkpoint_leaves_the_records_so_far(run_config, tmp_path):
     """steps.csv and evals.csv are written as their rows are made: a run killed outright keeps the evaluation before
     training and every step logged up to its last write."""
@@ -160,6 +162,7 @@ def test_sigkill_before_any_checkpoint_leaves_the_records_so_far(run_config, tmp
     assert logged[: len(seen)] == seen == list(range(1, len(seen) + 1))  # rows are only added, in order
 
 
+@pytest.mark.slow
 def test_sigkill_between_checkpoints_then_resume_cuts_the_records_to_the_checkpoint(run_config, reference, tmp_path):
     """Killed with rows on disk past its last checkpoint: the resume trains those steps again, and its records
     hold each step once, equal to the uninterrupted run's."""
@@ -185,6 +188,7 @@ def test_sigkill_between_checkpoints_then_resume_cuts_the_records_to_the_checkpo
     assert_same_run(resumed, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_130_naming_resume(run_config, reference, tmp_path):
     out, log = tmp_path / "run", tmp_path / "log.txt"
     proc = _start_and_wait_for_checkpoint(run_config, out, log)

@@ -179,7 +179,7 @@ def finished(config, tmp_path) -> tuple[str, dict]:
 def test_an_overwrite_failing_before_its_first_checkpoint_leaves_the_old_run(config, finished, monkeypatch):
     folder, files = finished
 
-    def broken(self, micro):
+    def broken(self, micro, apply=True):
         raise RuntimeError("the new run's first step failed")
 
     monkeypatch.setattr(engine.Trainer, "train_step", broken)

@@ -93,6 +93,7 @@ def test_a_stopped_sweep_continues_where_it_stopped(config, whole, tmp_path, cap
     assert table[["seed", "correct", "converged"]].equals(whole[1][["seed", "correct", "converged"]])
 
 
+@pytest.mark.slow
 def test_seeds_trained_at_once_end_as_one_at_a_time(config, whole, tmp_path, capsys):
     out = tmp_path / "at-once"
     table = sweep.run_sweep(config.replace(output_dir=str(out)), SEEDS, concurrent=2)
@@ -106,6 +107,7 @@ def test_seeds_trained_at_once_end_as_one_at_a_time(config, whole, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["logs", "seed-0", "seed-1", "seed-2", "sweep.csv", "sweep.json"]
 
 
+@pytest.mark.slow
 def test_the_notebooks_sweep_trains_seeds_at_once(config, whole, tmp_path, capsys):
     from distil_kit import notebook
 
@@ -128,6 +130,7 @@ def test_seeds_must_be_distinct(config, tmp_path):
         sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [1, 1])
 
 
+@pytest.mark.slow
 def test_a_killed_cli_sweep_continues_to_the_same_record(config, whole, tmp_path):
     """SIGKILL while seed 1 trains (after a checkpoint of it is on disk); the same command continues the sweep."""
     out = tmp_path / "sweep"
