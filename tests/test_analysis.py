@@ -310,6 +310,47 @@ def test_seed_groups_mean_std_and_count(runs):
     assert groups.loc["0", "runs"] == 1 and np.isnan(groups.loc["0", "final_acc_std"])
 
 
+def test_a_repeated_seed_counts_once_and_is_flagged(tmp_path):
+    """Three runs of seed 0 are one draw of its randomness: counted once (no zero-width interval), and named."""
+    import shutil
+
+    first = write_run(tmp_path / "a-seed0", seed=0)
+    for copy in ("a-seed0-again", "a-seed0-third"):
+        shutil.copytree(first, tmp_path / copy)
+    write_run(tmp_path / "a-seed1", seed=1)
+    write_run(tmp_path / "b-seed0", seed=0, batch=64)
+    runs = records.find_runs([str(tmp_path / "*")])
+    groups = analysis.seed_groups(runs).set_index("label")
+    a = groups.loc["batch 32, 640 training rows"]
+    assert (a.runs, a.seeds, a.repeated_seeds) == (4, "0, 1", "seed 0 ran 3 times")
+    acc = [records.Run.read(tmp_path / n).summary["acc"] for n in ("a-seed0", "a-seed1")]
+    assert a.final_acc_mean == pytest.approx(np.mean(acc)) and a.final_acc_std == pytest.approx(np.std(acc, ddof=1))
+    assert groups.loc["batch 64, 1,280 training rows", "repeated_seeds"] == ""
+    assert (groups.shared_by_all == "distilbert-base-uncased, cpu, fp32, 3 epochs max").all()
+    fig = plots.seeds_figure(runs)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[0].startswith("batch 32, 640 training rows: 2 seeds (seed 0 ran 3 times, counted once)")
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == [
+        plots._wrap(label, 28) for label in ("batch 32, 640 training rows", "batch 64, 1,280 training rows")
+    ]
+
+
+def test_flagperf_compares_only_runs_of_its_workload(tmp_path):
+    full = write_run(tmp_path / "full", epochs=3)
+    summary = json.loads((full / "summary.json").read_text())
+    (full / "summary.json").write_text(json.dumps({**summary, "train_samples": 3 * reference.TRAIN_ROWS}))
+    smoke = write_run(tmp_path / "smoke", epochs=1)
+    runs = records.find_runs([full, smoke])
+    assert analysis.flagperf_workload(runs[0]) is None
+    assert analysis.flagperf_workload(runs[1]) == "640 of 67,349 training rows"
+    fig = plots.flagperf_figure(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 1 + len(reference.ROWS) and "[smoke]" not in " ".join(labels)
+    assert "Left off, not that workload: 1 run(s) (smoke): 640 of 67,349 training rows" in fig.get_suptitle()
+    table = analysis.comparison_table(runs, published=False)
+    assert table.not_flagperf_workload.fillna("").tolist() == ["", "640 of 67,349 training rows"]
+
+
 def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs, tmp_path):
     predictions = pd.DataFrame(
         {
@@ -353,26 +394,74 @@ def test_figures_have_titles_labelled_axes_and_legends(figures, runs):
         assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), name
         for ax in fig.axes:
             assert _labelled(ax, "x") and _labelled(ax, "y"), (name, ax.get_title())
-    labels = analysis.run_labels(runs)
+    common, labels = analysis.legend_labels(runs)
     for name in ("loss", "accuracy", "throughput", "calibration", "accuracy_by_length"):
         legend_texts = [t.get_text() for t in figures[name].legends[0].get_texts()]
         assert all(any(label in text for text in legend_texts) for label in labels), name
+        assert common in figures[name].get_suptitle().replace("\n", " "), name
 
 
 def test_accuracy_figure_has_one_line_per_run(figures, runs):
     for ax in figures["accuracy"].axes:
         named = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
-        assert named == analysis.run_labels(runs)
+        assert named == analysis.legend_labels(runs)[1]
+
+
+def test_legends_name_what_differs_and_titles_what_is_shared(runs):
+    seeds = [r for r in runs if r.config["precision"] == "fp32"]  # one configuration, seeds 0, 1 and 2
+    common, labels = analysis.legend_labels(seeds)
+    assert labels == ["seed 0", "seed 1", "seed 2"]
+    assert common == "distilbert-base-uncased, cpu, fp32, batch 32, 640 training rows, 3 epochs max"
+    fig = plots.accuracy_figure(seeds)
+    assert fig.get_suptitle() == f"Dev accuracy while training\n{common}"
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:3] == labels
+    # two configurations: the seed, precision, batch and rows differ; the model, device and epochs are shared
+    common, labels = analysis.legend_labels(runs)
+    assert labels[:2] == ["fp32, batch 32, 640 training rows, seed 0", "bf16, batch 64, 1,280 training rows, seed 0"]
+    assert common == "distilbert-base-uncased, cpu, 3 epochs max"
+    # runs alike in every fact: the config key that differs, then the folder
+    assert analysis.legend_labels([seeds[0], seeds[0]])[1] == ["a-seed0", "a-seed0"]
+
+
+def test_identical_runs_stay_visible(runs):
+    """Two runs that draw the same values: each line has its own style and marker, the later marker smaller."""
+    lines = [line for line in plots.accuracy_figure([runs[0], runs[0]]).axes[0].get_lines() if line.get_marker()]
+    lines = [line for line in lines if line.get_label() and not line.get_label().startswith("_")]
+    assert len(lines) == 2
+    assert lines[0].get_linestyle() != lines[1].get_linestyle() and lines[0].get_marker() != lines[1].get_marker()
+    assert lines[0].get_markersize() > lines[1].get_markersize() and lines[0].get_markerfacecolor() == "none"
+
+
+def test_many_runs_draw_intervals_as_error_bars_not_stacked_bands(run_root, tmp_path):
+    runs = records.find_runs([write_run(tmp_path / f"s{s}", seed=s) for s in range(5)])
+    by_epoch = plots.accuracy_figure(runs).axes[0]
+    assert not [c for c in by_epoch.collections if type(c).__name__ == "FillBetweenPolyCollection"]
+    assert len(by_epoch.containers) == 5  # one set of error bars a run
+    few = plots.accuracy_figure(runs[:2]).axes[0]
+    bands = [c for c in few.collections if "Poly" in type(c).__name__]
+    assert len(bands) == 2 and all(c.get_alpha() <= 0.1 for c in bands)
+
+
+def test_smoothing_tracks_a_short_run():
+    """16 logged rows falling from 0.69 to 0.50: TensorBoard's bias-corrected average ends near the last rows;
+    an average of weight 0.9 over so few rows would trail by half the run."""
+    rng = np.random.default_rng(0)
+    loss = pd.Series(np.linspace(0.69, 0.50, 16) + 0.005 * rng.standard_normal(16))
+    assert plots.smoothed(loss).iloc[-1] == pytest.approx(loss.iloc[-3:].mean(), abs=0.02)
+    assert loss.ewm(alpha=0.1).mean().iloc[-1] > 0.55  # the fixed weight's lag
+    long = pd.Series(np.full(1000, 0.3))
+    assert plots.smoothed(long).iloc[-1] == pytest.approx(0.3)
+    assert plots.smoothed(pd.Series([0.7, 0.6])).tolist() == [0.7, 0.6]  # a couple of rows: shown as logged
 
 
 def test_accuracy_figure_without_target(runs, tmp_path):
     run = runs[0]
-    folder = write_run(tmp_path / "untargeted")
+    folder = write_run(tmp_path / "open-ended")
     (folder / "config.json").write_text(json.dumps({**run.config, "target_acc": None}))
     untargeted = records.Run.read(folder)
     fig = plots.accuracy_figure([untargeted])
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert texts[0] == analysis.run_label(run) and not any("target" in text for text in texts)
+    assert texts[0] == "open-ended" and not any("target" in text for text in texts)  # one run: named by its folder
 
 
 def test_token_length_histogram():
