@@ -227,7 +227,7 @@ def benchmark_figure(table) -> Figure:
     # CSVs written before the benchmark ran FlagPerf's global batch have no global_batch column: they ran 32
     batch = f", global batch {int(first.global_batch)}" if "global_batch" in frame else ", batch 32"
     ax.set(
-        title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
+        title=f"Training throughput per variant, {first.device_name}, {first.date[:19]}\n{first.model}, "
         f"first {int(first.rows)} SST-2 training rows{batch}",
         xlabel="training samples/s (one epoch, evaluation and compile time excluded)",
     )
