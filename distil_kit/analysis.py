@@ -78,7 +78,7 @@ def run_labels(runs: list[Run]) -> list[str]:
     """Each run's label, with its folder name added where two runs would otherwise share one."""
     labels = [run_label(r) for r in runs]
     return [
-        f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label
+        f"{label} [{folder_name(r)}]" if labels.count(label) > 1 else label
         for r, label in zip(runs, labels, strict=True)
     ]
 

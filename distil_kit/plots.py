@@ -397,18 +397,16 @@ def accuracy_by_length_figure(runs: list[Run]) -> Figure:
     long buckets hold few sentences: their intervals are wide)."""
     common, labels = analysis.legend_labels(runs)
     looks = _looks(len(runs))
-    table = analysis.accuracy_by_length(runs)
+    tables = [analysis.accuracy_by_length([run]) for run in runs]  # one a run: table labels may repeat
     offsets = np.linspace(-0.2, 0.2, len(runs)) if len(runs) > 1 else [0.0]  # intervals side by side
     fig = _Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    # the table names runs by their (unique) table labels
-    for key, label, look, offset in zip(analysis.run_labels(runs), labels, looks, offsets, strict=True):
-        rows = table[table.run == key]
+    for rows, label, look, offset in zip(tables, labels, looks, offsets, strict=True):
         error = [rows.accuracy - rows.acc_low, rows.acc_high - rows.accuracy]
         ax.errorbar(np.arange(len(rows)) + offset, rows.accuracy, yerr=error, capsize=3, label=label, **look)
-    first = table[table.run == analysis.run_labels(runs)[0]]
+    first = tables[0]
     # Counts under the buckets only when every run saw the same dev sentences.
-    shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
+    shared = all(t.sentences.equals(first.sentences) for t in tables)
     ax.set_xticks(
         np.arange(len(first)),
         [f"{b}\n({n} sentences)" if shared else b for b, n in zip(first.length_words, first.sentences, strict=True)],

@@ -583,3 +583,13 @@ def test_seeds_figure_says_when_no_seed_reached_the_target(tmp_path):
     times = plots.seeds_figure(records.find_runs([*slow, *fast])).axes[1]
     assert [t.get_text() for t in times.texts] == ["none of the 3 seeds reached the target"]
     assert len(times.collections[1].get_offsets()) == 2 and len(times.get_xticks())  # the two seeds that reached it
+
+
+def test_accuracy_by_length_keeps_runs_whose_folders_share_a_name(tmp_path):
+    """Two sweeps' seed-0 folders: one line of seven buckets each (the table's labels matched both runs)."""
+    runs = records.find_runs(
+        [write_run(tmp_path / sweep / "seed-0", batch=batch) for sweep, batch in (("a", 32), ("b", 32))]
+    )
+    assert analysis.run_labels(runs)[0].endswith("[a/seed-0]")
+    containers = plots.accuracy_by_length_figure(runs).axes[0].containers  # one set of error bars a run
+    assert [len(c.lines[0].get_xdata()) for c in containers] == [7, 7]
