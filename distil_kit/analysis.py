@@ -266,6 +266,22 @@ def flagperf_workload(run: Run) -> str | None:
     return ", ".join(reasons) or None
 
 
+def configs_table(runs: list[Run]) -> pd.DataFrame:
+    """Every run's configuration side by side: one row per config key (the keys that differ between runs first,
+    ``differs`` true), one column per run, named by its folder; with the device each ran on."""
+    columns = {}
+    for run in runs:
+        name = folder_name(run)
+        columns[name if name not in columns else str(run.folder)] = {
+            **{k: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for k, v in run.config.items()},
+            "device_name": run.manifest["device_name"],
+        }
+    table = pd.DataFrame(columns).astype(object).where(lambda t: t.notna(), None)
+    differs = table.apply(lambda row: len({json.dumps(v, default=str) for v in row}) > 1, axis=1)
+    table.insert(0, "differs", differs)
+    return table.sort_values("differs", ascending=False, kind="stable").rename_axis("parameter").reset_index()
+
+
 def confidence(predictions: pd.DataFrame) -> pd.Series:
     """The probability the model gave its own prediction."""
     return predictions.prob_pos.where(predictions.pred == 1, 1 - predictions.prob_pos)
@@ -341,6 +357,7 @@ def tables(runs: list[Run], published: bool = True, k: int = 10) -> dict[str, pd
     return {
         "comparison": comparison_table(runs, published),
         "seeds": seed_groups(runs),
+        "configs": configs_table(runs),
         "confidently_wrong": confidently_wrong(runs, k),
         "accuracy_by_length": accuracy_by_length(runs),
     }
