@@ -6,20 +6,21 @@ Run folders are written here by ``write_run`` following docs/run-folder.md, with
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from distil_kit import analysis, plots, records, reference, stats
+from distil_kit import analysis, plots, records, reference, report, stats
 from distil_kit.data import Split
 from distil_kit.errors import KitError
 from distil_kit.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length", "seeds")
-TABLES = ("comparison", "seeds", "confidently_wrong", "accuracy_by_length")
+TABLES = ("comparison", "seeds", "configs", "confidently_wrong", "accuracy_by_length")
 WORDS = "the a film movie is not good bad quite charming dull and but with its story acting funny".split()
 
 
@@ -510,7 +511,7 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     nb = papermill.execute_notebook(
         str(ROOT / "notebooks" / "analysis.ipynb"),
         str(tmp_path / "out.ipynb"),
-        parameters={"runs": runs, "out_dir": str(out_dir)},
+        parameters={"runs": runs, "out_dir": str(out_dir), "html": True},
         cwd=str(tmp_path),
         kernel_name="python3",
         progress_bar=False,
@@ -519,6 +520,7 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     assert len(images) == len(FIGURES)  # every figure shows inline
     for stem in FIGURES:
         assert (out_dir / f"{stem}.png").stat().st_size > 0
+    assert "data:image/png;base64," in (out_dir / "report.html").read_text()  # html: the notebook, run again
     comparison = pd.read_csv(out_dir / "comparison.csv")
     measured = comparison[comparison.source == "measured"]
     assert measured.final_acc.tolist() == pytest.approx(
@@ -540,7 +542,9 @@ def test_analysis_notebook_runs_twice_in_one_kernel_with_its_runs_edited(run_roo
     assert "parameters" in code[0].metadata["tags"]
 
     def parameters(runs: list[str], out_dir: Path):
-        return nbformat.v4.new_code_cell(f"runs = {runs!r}\nout_dir = {str(out_dir)!r}\nbenchmarks = []\npaired = []")
+        return nbformat.v4.new_code_cell(
+            f"runs = {runs!r}\nout_dir = {str(out_dir)!r}\nbenchmarks = []\npaired = []\nhtml = False"
+        )
 
     first = [str(run_root / "a-seed0")]
     both = [*first, str(run_root / "b-bf16")]
@@ -593,3 +597,29 @@ def test_accuracy_by_length_keeps_runs_whose_folders_share_a_name(tmp_path):
     assert analysis.run_labels(runs)[0].endswith("[a/seed-0]")
     containers = plots.accuracy_by_length_figure(runs).axes[0].containers  # one set of error bars a run
     assert [len(c.lines[0].get_xdata()) for c in containers] == [7, 7]
+
+
+@pytest.mark.slow
+def test_html_report_embeds_figures_and_tables_without_code(run_root, tmp_path):
+    import html as html_text
+
+    import nbformat
+
+    pytest.importorskip("papermill")
+    runs = records.find_runs([run_root / "a-seed0", run_root / "a-seed1", run_root / "b-bf16"])
+    path = report.write_html(runs, tmp_path / "out")
+    assert path == tmp_path / "out" / "report.html"
+    page = path.read_text()
+    notebook = nbformat.read(report.NOTEBOOK, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for line in cell.source.splitlines():
+                if len(line) > 20:  # short lines (a bare name) may appear as text; code lines must not
+                    assert html_text.escape(line) not in page and line not in page, line
+    assert "hl-ipython3" not in page  # no highlighted code block
+    assert page.count("data:image/png;base64,") >= len(FIGURES)  # every figure embedded, none linked
+    assert not re.search(r'<img[^>]+src="(?!data:)', page)
+    for text in ("Configurations", "FlagPerf A100, 1 node x 8 GPUs", "a-seed0", "bf16"):
+        assert text in page, text
+    assert "Written files" not in page  # tagged not-in-report
+    assert (tmp_path / "out" / "seeds.png").is_file() and (tmp_path / "out" / "configs.csv").is_file()
