@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -100,4 +101,7 @@ def write_html(runs: list[Run], out_dir, benchmarks=()) -> Path:
     )
     exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={NOT_IN_REPORT}), enabled=True)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "distil-kit report"}})
+    # The template links require.js and MathJax from a CDN, for widgets and math this report has none of: without
+    # them the file needs nothing else, offline too.
+    body = re.sub(r'<script src="https?://[^"]*">\s*</script>\s*', "", body)
     return write_text_atomic(out / HTML, body)

@@ -619,6 +619,7 @@ def test_html_report_embeds_figures_and_tables_without_code(run_root, tmp_path):
     assert "hl-ipython3" not in page  # no highlighted code block
     assert page.count("data:image/png;base64,") >= len(FIGURES)  # every figure embedded, none linked
     assert not re.search(r'<img[^>]+src="(?!data:)', page)
+    assert 'src="http' not in page  # nothing fetched from the network (the template's CDN scripts left out)
     for text in ("Configurations", "FlagPerf A100, 1 node x 8 GPUs", "a-seed0", "bf16"):
         assert text in page, text
     assert "Written files" not in page  # tagged not-in-report
