@@ -236,7 +236,7 @@ def seed_groups(runs: list[Run]) -> pd.DataFrame:
                 "runs": len(members),
                 "seeds": ", ".join(str(r.config["seed"]) for r in kept),
                 "repeated_seeds": repeats_text(repeated),
-                "folders": ", ".join(r.folder.name for r in members),
+                "folders": ", ".join(folder_name(r) for r in members),
                 "final_acc_mean": mean,
                 "final_acc_mean_low": interval.low if interval else np.nan,
                 "final_acc_mean_high": interval.high if interval else np.nan,
