@@ -47,23 +47,30 @@ COMPARISON_COLUMNS = (
     *(c for c in SUMMARY_COLUMNS if c not in LEAD_COLUMNS),
     *INTERVAL_COLUMNS,
     *ENERGY_COLUMNS,
+    "not_flagperf_workload",  # empty: FlagPerf's workload; else why the published rows do not compare
     "run",
 )
 # Config keys that may differ between repeats of one configuration: the seed, and how a run was launched.
 SEED_IGNORED = ("seed", "output_dir", "resume", "overwrite")
+# Config keys run_facts names already (batch: the global batch, from the summary).
+CONFIG_FACTS = ("model", "precision", "train_batch_size", "max_train_samples", "epochs", "fast", "packing")
 LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 40, np.inf)  # sentence length buckets, in words
 
 
 # --- labels ---------------------------------------------------------------------------------------------------
 
 
-def run_label(run: Run) -> str:
-    """The short label that names a run in legends: "model, precision, batch N, device"."""
+def _model_name(run: Run) -> str:
     path = Path(str(run.config["model"]))
     # A folder named "model" (a run's saved model, a FlagPerf data folder's model/) says nothing: name its parent.
-    model = f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+
+
+def run_label(run: Run) -> str:
+    """The short label that names a run in tables: "model, precision, batch N, device"."""
     return (
-        f"{model}, {run.config['precision']}, batch {run.summary['global_batch_size']}, {run.manifest['device_name']}"
+        f"{_model_name(run)}, {run.config['precision']}, batch {run.summary['global_batch_size']}, "
+        f"{run.manifest['device_name']}"
     )
 
 
@@ -71,7 +78,59 @@ def run_labels(runs: list[Run]) -> list[str]:
     """Each run's label, with its folder name added where two runs would otherwise share one."""
     labels = [run_label(r) for r in runs]
     return [
-        f"{label} [{r.folder.name}]" if labels.count(label) > 1 else label
+        f"{label} [{folder_name(r)}]" if labels.count(label) > 1 else label
+        for r, label in zip(runs, labels, strict=True)
+    ]
+
+
+def folder_name(run: Run) -> str:
+    """The run's folder name; a sweep's seed-<s> folder with its sweep's name, which tells it apart."""
+    folder = run.folder
+    return f"{folder.parent.name}/{folder.name}" if folder.name.startswith("seed-") else folder.name
+
+
+def train_rows(run: Run) -> int | None:
+    """Training rows per epoch: the samples trained over the epochs run (every epoch runs whole; the target is
+    checked at epoch ends), else ``max_train_samples``; None where neither tells."""
+    samples, epochs = run.summary.get("train_samples"), run.summary["epochs_run"]
+    return samples // epochs if samples and epochs else run.config.get("max_train_samples")
+
+
+def run_facts(run: Run) -> dict[str, str]:
+    """What tells runs apart in a legend, each as its text, in the order legends name them."""
+    rows = train_rows(run)
+    return {
+        "model": _model_name(run),
+        "device": run.manifest["device_name"],
+        "precision": str(run.config["precision"]),
+        "batch": f"batch {run.summary['global_batch_size']}",
+        "rows": f"{rows:,} training rows" if rows else "training rows unknown",
+        "epochs": f"{run.config.get('epochs')} epochs max",
+        "fast": "fast" if run.config.get("fast") else "not fast",
+        "packing": "packed" if run.config.get("packing") else "not packed",
+        "seed": f"seed {run.config['seed']}",
+    }
+
+
+def legend_labels(runs: list[Run], leave_out=()) -> tuple[str, list[str]]:
+    """What ``runs`` share, as one line for a title, and per run what tells it apart: the ``run_facts`` that
+    differ between the runs (``leave_out``: facts named elsewhere); where runs still share a label, the other config
+    keys that differ between them, then the folder name (a repeat of the same configuration and seed)."""
+    facts = [{k: v for k, v in run_facts(r).items() if k not in leave_out} for r in runs]
+    differ = [k for k in facts[0] if len({f[k] for f in facts}) > 1] if facts else []
+    # "not fast" and "not packed" are FlagPerf's way: a title that says so for every run only adds words.
+    common = ", ".join(v for k, v in facts[0].items() if k not in differ and v not in ("not fast", "not packed"))
+    base = [", ".join(f[k] for k in differ) for f in facts]
+    labels = list(base)
+    for label in set(base):
+        shared = [i for i, other in enumerate(base) if other == label]
+        configs = [runs[i].config for i in shared]
+        keys = sorted({k for c in configs for k in c if k not in (*SEED_IGNORED, *CONFIG_FACTS)})
+        keys = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+        for i in shared:
+            labels[i] = ", ".join(filter(None, [labels[i], *(f"{k} {runs[i].config.get(k)}" for k in keys)]))
+    return common if facts else "", [
+        ", ".join(filter(None, [label, folder_name(r)])) if not label or labels.count(label) > 1 else label
         for r, label in zip(runs, labels, strict=True)
     ]
 
@@ -93,6 +152,7 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
             "epochs_to_target": epochs_to_target(r.evals.to_dict("records"), r.config["target_acc"]),
             **dict(zip(INTERVAL_COLUMNS, r.summary["acc_interval"], strict=True)),
             **{col: r.summary.get(col) for col in ENERGY_COLUMNS},  # runs before energy was measured have none
+            "not_flagperf_workload": flagperf_workload(r),
             "run": str(r.folder),
         }
         for r, label in zip(runs, run_labels(runs), strict=True)
@@ -122,29 +182,62 @@ def comparison_table(runs: list[Run], published: bool = True) -> pd.DataFrame:
     )
 
 
-def _config_key(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in SEED_IGNORED}, sort_keys=True, default=str)
+def _config_key(run: Run) -> str:
+    config = {k: v for k, v in run.config.items() if k not in SEED_IGNORED}
+    # One config on another machine is another configuration: its times are not repeats of the first's.
+    return json.dumps([config, run.manifest["device_name"]], sort_keys=True, default=str)
+
+
+def seed_group_runs(runs: list[Run]) -> list[list[Run]]:
+    """``runs`` grouped by configuration (every config key but ``SEED_IGNORED``, and the device), in order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_config_key(run), []).append(run)
+    return list(groups.values())
+
+
+def distinct_seeds(members: list[Run]) -> tuple[list[Run], dict[int, int]]:
+    """A group's first run of each seed, and each repeated seed with its number of runs: a seed run twice is one
+    draw of the seed's randomness, not two (counting it twice narrows the interval over seeds toward zero)."""
+    first: dict[int, Run] = {}
+    counts: dict[int, int] = {}
+    for run in members:
+        seed = run.config["seed"]
+        first.setdefault(seed, run)
+        counts[seed] = counts.get(seed, 0) + 1
+    return list(first.values()), {seed: n for seed, n in counts.items() if n > 1}
+
+
+def repeats_text(repeated: dict[int, int]) -> str:
+    """``distinct_seeds``'s repeats in words ("seed 0 ran 3 times"), empty where none."""
+    return "; ".join(f"seed {seed} ran {n} times" for seed, n in repeated.items())
 
 
 def seed_groups(runs: list[Run]) -> pd.DataFrame:
-    """One row per configuration, grouping runs whose configs differ only in ``SEED_IGNORED`` keys.
+    """One row per configuration (``seed_group_runs``), labelled by what differs between the configurations.
 
-    The final accuracy's mean with its t interval and sample standard deviation over seeds (NaN for a single run);
-    the pass rate (runs that reached the target) with its Wilson interval; time to target over the runs that
-    reached it, with MLPerf's mean (the fastest and slowest of five or more dropped).
+    Over the group's distinct seeds (a repeated seed counted once, flagged in ``repeated_seeds``): the final
+    accuracy's mean with its t interval and sample standard deviation (NaN for a single seed); the pass rate (seeds
+    that reached the target) with its Wilson interval; time to target over the seeds that reached it, with MLPerf's
+    mean (the fastest and slowest of five or more dropped).
     """
+    groups = seed_group_runs(runs)
+    common, labels = legend_labels([g[0] for g in groups], leave_out=("seed",))
     rows = []
-    for members in seed_group_runs(runs):
-        acc = pd.Series([r.summary["acc"] for r in members], dtype=float)
-        ttt = pd.Series([r.summary["time_to_target"] for r in members], dtype=float)  # None: not reached
+    for members, label in zip(groups, labels, strict=True):
+        kept, repeated = distinct_seeds(members)
+        acc = pd.Series([r.summary["acc"] for r in kept], dtype=float)
+        ttt = pd.Series([r.summary["time_to_target"] for r in kept], dtype=float)  # None: not reached
         mean, interval = stats.mean_interval(acc)
-        passed = stats.proportion(int(ttt.notna().sum()), len(members))
+        passed = stats.proportion(int(ttt.notna().sum()), len(kept))
         rows.append(
             {
-                "label": run_label(members[0]),
+                "label": common if len(groups) == 1 else label,
+                "shared_by_all": common,
                 "runs": len(members),
-                "seeds": ", ".join(str(r.config["seed"]) for r in members),
-                "folders": ", ".join(r.folder.name for r in members),
+                "seeds": ", ".join(str(r.config["seed"]) for r in kept),
+                "repeated_seeds": repeats_text(repeated),
+                "folders": ", ".join(folder_name(r) for r in members),
                 "final_acc_mean": mean,
                 "final_acc_mean_low": interval.low if interval else np.nan,
                 "final_acc_mean_high": interval.high if interval else np.nan,
@@ -160,12 +253,34 @@ def seed_groups(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_group_runs(runs: list[Run]) -> list[list[Run]]:
-    """``runs`` grouped as ``seed_groups`` groups them, in the same order."""
-    groups: dict[str, list[Run]] = {}
+def flagperf_workload(run: Run) -> str | None:
+    """None where ``run`` ran FlagPerf's workload (every training and dev row of SST-2, at most 10 epochs), else
+    why not: FlagPerf's published rows compare with such runs only."""
+    rows, reasons = train_rows(run), []
+    if rows != reference.TRAIN_ROWS:
+        reasons.append(f"{rows:,} of {reference.TRAIN_ROWS:,} training rows" if rows else "training rows unknown")
+    if run.summary["dev_rows"] != reference.DEV_ROWS:
+        reasons.append(f"{run.summary['dev_rows']} of {reference.DEV_ROWS} dev rows")
+    epochs = run.config.get("epochs")
+    if epochs is None or epochs > reference.MAX_EPOCHS:
+        reasons.append(f"{epochs} epochs, FlagPerf at most {reference.MAX_EPOCHS}")
+    return ", ".join(reasons) or None
+
+
+def configs_table(runs: list[Run]) -> pd.DataFrame:
+    """Every run's configuration side by side: one row per config key (the keys that differ between runs first,
+    ``differs`` true), one column per run, named by its folder; with the device each ran on."""
+    columns = {}
     for run in runs:
-        groups.setdefault(_config_key(run.config), []).append(run)
-    return list(groups.values())
+        name = folder_name(run)
+        columns[name if name not in columns else str(run.folder)] = {
+            **{k: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for k, v in run.config.items()},
+            "device_name": run.manifest["device_name"],
+        }
+    table = pd.DataFrame(columns).astype(object).where(lambda t: t.notna(), None)
+    differs = table.apply(lambda row: len({json.dumps(v, default=str) for v in row}) > 1, axis=1)
+    table.insert(0, "differs", differs)
+    return table.sort_values("differs", ascending=False, kind="stable").rename_axis("parameter").reset_index()
 
 
 def confidence(predictions: pd.DataFrame) -> pd.Series:
@@ -243,6 +358,7 @@ def tables(runs: list[Run], published: bool = True, k: int = 10) -> dict[str, pd
     return {
         "comparison": comparison_table(runs, published),
         "seeds": seed_groups(runs),
+        "configs": configs_table(runs),
         "confidently_wrong": confidently_wrong(runs, k),
         "accuracy_by_length": accuracy_by_length(runs),
     }

@@ -69,10 +69,14 @@ def seed_list(text: str) -> list[int]:
 
 def _report(args) -> None:
     from .records import check_folder_path, find_runs
-    from .report import write_report
+    from .report import write_html, write_report
 
     check_folder_path(args.out, "report --out")  # a file there, or no way to write, fails before any reading
-    for path in write_report(find_runs(args.runs), args.out, benchmarks=args.benchmarks).values():
+    runs = find_runs(args.runs)
+    if args.html:
+        print(write_html(runs, args.out, benchmarks=args.benchmarks))
+        return
+    for path in write_report(runs, args.out, benchmarks=args.benchmarks).values():
         print(path)
 
 
@@ -165,6 +169,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="benchmark CSVs (benchmarks/bench.py) or glob patterns to plot; none: no benchmark figures "
         "(default: %(default)s)",
+    )
+    s.add_argument(
+        "--html",
+        action="store_true",
+        help="also write <out>/report.html, one file to share: the analysis notebook executed over the runs and "
+        "converted without its code (figures embedded, tables, configurations, the FlagPerf comparison)",
     )
     s.set_defaults(func=_report)
 

@@ -21,13 +21,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from . import analysis, stats
+from . import analysis, reference, stats
 from .atomic import write_atomic
 from .data import Split
 from .records import THROUGHPUTS, Run
 
 DPI = 120
 PALETTE = matplotlib.colormaps["tab10"].colors
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+BAND_RUNS = 3  # more interval bands than this, drawn over each other, merge into one block: error bars instead
 METRIC_NAMES = {  # FlagPerf's throughput names, with what each divides the trained samples by
     "throughput(ips)_raw": "raw: training loop, evaluation included",
     "throughput(ips)_no_eval": "no_eval: training loop without evaluation",
@@ -49,60 +52,109 @@ def _colors(n: int) -> list:
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
-def _legend(fig: Figure, labels, colors, extra=()) -> None:
-    """A legend under the axes: one coloured line per run, then ``extra`` (handle, text) pairs for styles."""
-    handles = [Line2D([], [], color=c, lw=2) for c in colors] + [h for h, _ in extra]
+def _looks(n: int) -> list[dict]:
+    """Per run a colour, a line style and a hollow marker, the markers shrinking down the list: runs that draw the
+    same values (a repeated seed) still show each line, and their markers nest one inside the other."""
+    return [
+        {
+            "color": PALETTE[i % len(PALETTE)],
+            "ls": LINESTYLES[i % len(LINESTYLES)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "mfc": "none",
+            "ms": 11 - 6 * i / max(n - 1, 1),
+        }
+        for i in range(n)
+    ]
+
+
+def _every(points: int) -> int:
+    """Marker spacing: about a dozen markers a line, so long runs stay lines rather than rows of symbols."""
+    return max(1, points // 12)
+
+
+def _legend(fig: Figure, labels, looks, extra=()) -> None:
+    """A legend under the axes: one line per run, then ``extra`` (handle, text) pairs for styles."""
+    handles = [Line2D([], [], lw=2, **look) for look in looks] + [h for h, _ in extra]
     texts = list(labels) + [t for _, t in extra]
     ncols = 2 if len(texts) > 3 and max(map(len, texts)) < 75 else 1
     fig.legend(handles, texts, loc="outside lower center", ncols=ncols, fontsize="small")
+
+
+def _title(fig: Figure, title: str, common: str) -> None:
+    """The figure's title, then what every run shown shares (the legend names only what differs)."""
+    fig.suptitle(f"{title}\n{_wrap(common, 110)}" if common else title)
 
 
 def _style(text: str, **line) -> tuple[Line2D, str]:
     return Line2D([], [], **{"color": "0.3", **line}), text
 
 
+def smoothed(loss: pd.Series, weight: float = 0.9) -> pd.Series:
+    """TensorBoard's smoothing: an exponential moving average, bias-corrected (pandas' ``adjust=True``: the first
+    rows are not pulled toward 0), its weight lowered on a short run so that its window (about 1 / (1 - weight)
+    rows) spans at most a twentieth of them: at 0.9 a 16-row run's average trails its loss by half the run."""
+    weight = min(weight, max(0.0, 1 - 20 / len(loss)))
+    return loss.ewm(alpha=1 - weight, adjust=True).mean()
+
+
 def loss_figure(runs: list[Run], smoothing: float = 0.9) -> Figure:
-    """Training loss against step (logged values faint, their EMA solid), learning rate on the right axis."""
-    labels, colors = analysis.run_labels(runs), _colors(len(runs))
-    fig = _Figure(figsize=(10, 6), layout="constrained")
-    ax = fig.add_subplot()
-    lr_ax = ax.twinx()
-    for run, label, color in zip(runs, labels, colors, strict=True):
+    """Training loss against step (logged values faint, smoothed solid), the learning rate in a panel below."""
+    common, labels = analysis.legend_labels(runs)
+    looks = _looks(len(runs))
+    fig = _Figure(figsize=(10, 7.5), layout="constrained")
+    ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    for run, look in zip(runs, looks, strict=True):
         s = run.steps
-        ax.plot(s.step, s.loss, color=color, alpha=0.3, lw=1)
-        ax.plot(s.step, s.loss.ewm(alpha=1 - smoothing).mean(), color=color, lw=2, label=label)
-        lr_ax.plot(s.step, s.lr, color=color, ls="--", lw=1)
-    ax.set(
-        title="Training loss and learning rate",
-        xlabel="training step (optimizer updates)",
-        ylabel="training loss (cross-entropy, mean over the log window)",
-    )
-    lr_ax.set_ylabel("learning rate (dashed)")
+        ax.plot(s.step, s.loss, color=look["color"], alpha=0.25, lw=1)
+        ax.plot(s.step, smoothed(s.loss, smoothing), lw=2, markevery=_every(len(s)), **look)
+        lr_ax.plot(s.step, s.lr, lw=1.5, markevery=_every(len(s)), **look)
+    ax.set(title="Training loss", ylabel="training loss (cross-entropy,\nmean over the log window)")
+    lr_ax.set(title="Learning rate", xlabel="training step (optimizer updates)", ylabel="learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     lr_ax.set_ylim(bottom=0)
+    for a in (ax, lr_ax):
+        a.grid(alpha=0.3)
+    _title(fig, "Training loss and learning rate", common)
     _legend(
         fig,
         labels,
-        colors,
+        looks,
         [
-            _style("loss as logged", alpha=0.3, lw=1),
-            _style(f"loss, exponential moving average (weight {smoothing})", lw=2),
-            _style("learning rate (right axis)", ls="--", lw=1),
+            _style("loss as logged", alpha=0.25, lw=1),
+            _style(
+                f"loss smoothed: bias-corrected moving average, weight {smoothing}"
+                f" (less under {20 / (1 - smoothing):.0f} logged rows)",
+                lw=2,
+            ),
         ],
     )
     return fig
 
 
+def _intervals(ax, x, e: pd.DataFrame, look: dict, bands: bool) -> None:
+    """Dev accuracy's 95% interval: for a few runs a faint band with thin outlines (three stacked stay light, and
+    the outlines tell them apart); for more, error bars, as bands would merge into one block."""
+    if bands:
+        ax.fill_between(x, e.acc_low, e.acc_high, color=look["color"], alpha=0.06, lw=0)
+        for edge in (e.acc_low, e.acc_high):
+            ax.plot(x, edge, color=look["color"], ls=look["ls"], lw=0.7, alpha=0.7)
+    else:
+        error = [e.accuracy - e.acc_low, e.acc_high - e.accuracy]
+        ax.errorbar(x, e.accuracy, yerr=error, fmt="none", ecolor=look["color"], elinewidth=0.8, capsize=2, alpha=0.7)
+
+
 def accuracy_figure(runs: list[Run]) -> Figure:
     """Dev accuracy against epoch and against training seconds (time to accuracy), with the target line."""
-    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    common, labels = analysis.legend_labels(runs)
+    looks = _looks(len(runs))
+    bands = len(runs) <= BAND_RUNS
     fig = _Figure(figsize=(12, 5.5), layout="constrained")
     by_epoch, by_time = fig.subplots(1, 2, sharey=True)
-    for run, label, color in zip(runs, labels, colors, strict=True):
+    for run, label, look in zip(runs, labels, looks, strict=True):
         e = run.evals
         for ax, x in ((by_epoch, e.epoch), (by_time, e.train_s)):
-            ax.plot(x, e.accuracy, color=color, marker="o", label=label)
-            ax.fill_between(x, e.acc_low, e.acc_high, color=color, alpha=0.15, lw=0)
+            ax.plot(x, e.accuracy, label=label, **look)
+            _intervals(ax, x, e, look, bands)
     targets = sorted({float(r.config["target_acc"]) for r in runs if r.config["target_acc"] is not None})
     for ax in (by_epoch, by_time):
         for target in targets:
@@ -116,28 +168,36 @@ def accuracy_figure(runs: list[Run]) -> Figure:
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set(title="Time to accuracy", xlabel="training time, evaluation included (seconds)")
     by_time.tick_params(labelleft=True)
-    fig.suptitle("Dev accuracy while training")
+    _title(fig, "Dev accuracy while training", common)
     target = _style(f"target accuracy {', '.join(f'{t:g}' for t in targets)}", color="black", ls=":", lw=1)
-    band = (Patch(color="0.3", alpha=0.15), "95% interval of the dev accuracy (Wilson, 872 sentences)")
-    _legend(fig, labels, colors, [band, target] if targets else [band])
+    what = "95% interval of the dev accuracy (Wilson, 872 sentences)"
+    if bands:
+        interval = (Patch(facecolor="0.3", alpha=0.1, edgecolor="0.3", lw=0.7), f"{what}: outlined band")
+    else:
+        interval = (Line2D([], [], color="0.3", marker="_", ms=8, ls="none"), f"{what}: error bars")
+    _legend(fig, labels, looks, [interval, target] if targets else [interval])
     return fig
 
 
 def throughput_figure(runs: list[Run]) -> Figure:
     """Training throughput in samples/s and (real, unpadded) tokens/s against step."""
-    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    common, labels = analysis.legend_labels(runs)
+    looks = _looks(len(runs))
     fig = _Figure(figsize=(10, 7), layout="constrained")
     samples_ax, tokens_ax = fig.subplots(2, 1, sharex=True)
-    for run, label, color in zip(runs, labels, colors, strict=True):
+    for run, label, look in zip(runs, labels, looks, strict=True):
         s = run.steps
-        samples_ax.plot(s.step, s.samples_per_s, color=color, marker=".", label=label)
-        tokens_ax.plot(s.step, s.tokens_per_s, color=color, marker=".", label=label)
-    samples_ax.set(title="Training throughput over each log window (all devices together)", ylabel="samples/s")
-    tokens_ax.set(xlabel="training step (optimizer updates)", ylabel="tokens/s")
+        samples_ax.plot(s.step, s.samples_per_s, markevery=_every(len(s)), label=label, **look)
+        tokens_ax.plot(s.step, s.tokens_per_s, markevery=_every(len(s)), label=label, **look)
+    samples_ax.set(title="Samples per second", ylabel="samples/s")
+    tokens_ax.set(
+        title="Real (unpadded) tokens per second", xlabel="training step (optimizer updates)", ylabel="tokens/s"
+    )
     for ax in (samples_ax, tokens_ax):
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    _legend(fig, labels, colors)
+    _title(fig, "Training throughput over each log window (all devices together)", common)
+    _legend(fig, labels, looks)
     return fig
 
 
@@ -167,7 +227,7 @@ def benchmark_figure(table) -> Figure:
     # CSVs written before the benchmark ran FlagPerf's global batch have no global_batch column: they ran 32
     batch = f", global batch {int(first.global_batch)}" if "global_batch" in frame else ", batch 32"
     ax.set(
-        title=f"Training throughput per variant, {first.device_name}, {first.date[:16]}\n{first.model}, "
+        title=f"Training throughput per variant, {first.device_name}, {first.date[:19]}\n{first.model}, "
         f"first {int(first.rows)} SST-2 training rows{batch}",
         xlabel="training samples/s (one epoch, evaluation and compile time excluded)",
     )
@@ -214,13 +274,28 @@ def _value_labels(values) -> list[str]:
     return [f"{v:,.1f}" if np.isfinite(v) else "n/a" for v in values]
 
 
+def _left_off_note(runs: list[Run]) -> str:
+    """The runs ``flagperf_figure`` leaves off, grouped by why, in words ("" where none)."""
+    why: dict[str, list[str]] = {}
+    for run in runs:
+        reason = analysis.flagperf_workload(run)
+        if reason:
+            why.setdefault(reason, []).append(analysis.folder_name(run))
+    return "; ".join(
+        f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {reason}"
+        for reason, names in why.items()
+    )
+
+
 def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
     """FlagPerf's metrics per run: the three throughputs and e2e_time, with FlagPerf's published rows (hatched;
-    n/a where a vendor published none) when ``published``."""
-    table = analysis.comparison_table(runs, published)
+    n/a where a vendor published none) when ``published``. Only runs of FlagPerf's workload
+    (``analysis.flagperf_workload``) are drawn: a smoke run's e2e_time beside a full run's says nothing; the others
+    are named in the title, with why."""
+    table = analysis.comparison_table([r for r in runs if analysis.flagperf_workload(r) is None], published)
     hatch = ["//" if src == "published" else "" for src in table.source]
     y = np.arange(len(table))
-    fig = _Figure(figsize=(13, 2.5 + 0.75 * len(table)), layout="constrained")
+    fig = _Figure(figsize=(13, 3 + 0.75 * len(table)), layout="constrained")
     rates, e2e = fig.subplots(1, 2, sharey=True, width_ratios=(2, 1))
     height = 0.8 / len(THROUGHPUTS)
     for i, (metric, color) in enumerate(zip(THROUGHPUTS, _colors(len(THROUGHPUTS)), strict=True)):
@@ -238,9 +313,16 @@ def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
     for ax in (rates, e2e):
         ax.margins(x=0.15)
         ax.grid(axis="x", alpha=0.3)
+    note = _left_off_note(runs)
+    workload = (
+        f"FlagPerf's workload: all {reference.TRAIN_ROWS:,} training and {reference.DEV_ROWS} dev rows of SST-2, "
+        f"at most {reference.MAX_EPOCHS} epochs"
+    )
     fig.suptitle(
         "FlagPerf metrics: measured runs"
         + (", and FlagPerf's published results (hatched, not measured here; single runs)" if published else "")
+        + f"\n{workload}"
+        + (f"\n{_wrap(f'Left off, not that workload: {note}', 150)}" if note else "")
     )
     fig.legend(*rates.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     return fig
@@ -248,12 +330,13 @@ def flagperf_figure(runs: list[Run], published: bool = True) -> Figure:
 
 def confusion_figure(runs: list[Run]) -> Figure:
     """A 2x2 confusion matrix on dev per run: counts, and each cell's share of its true class."""
+    common, labels = analysis.legend_labels(runs)
     cols = min(len(runs), 3)
     rows = -(-len(runs) // cols)
-    fig = _Figure(figsize=(4.2 * cols, 4.2 * rows + 0.6), layout="constrained")
+    fig = _Figure(figsize=(4.2 * cols, 4.2 * rows + 1), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     classes = ["negative (0)", "positive (1)"]
-    for ax, run, label in zip(axes, runs, analysis.run_labels(runs), strict=False):
+    for ax, run, label in zip(axes, runs, labels, strict=False):
         counts = analysis.confusion(run)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -279,24 +362,25 @@ def confusion_figure(runs: list[Run]) -> Figure:
         ax.title.set_fontsize("small")
     for ax in axes[len(runs) :]:
         ax.remove()
-    fig.suptitle("Confusion matrix on dev")
+    _title(fig, "Confusion matrix on dev", common)
     return fig
 
 
 def calibration_figure(runs: list[Run], bins: int = 10) -> Figure:
     """Reliability curve: predicted P(positive) against the share actually positive, with the sentences per bin."""
-    labels, colors = analysis.run_labels(runs), _colors(len(runs))
+    common, labels = analysis.legend_labels(runs)
+    looks = _looks(len(runs))
     fig = _Figure(figsize=(10, 8.5), layout="constrained")
     curve, counts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     curve.plot([0, 1], [0, 1], color="black", ls=":", lw=1)
     texts = []
-    for run, label, color in zip(runs, labels, colors, strict=True):
+    for run, label, look in zip(runs, labels, looks, strict=True):
         table = analysis.calibration(run, bins)
-        curve.plot(table.p_mean, table.frac_pos, color=color, marker="o", label=label)
-        counts.plot(table.p_mean, table.sentences, color=color, marker="o")
+        curve.plot(table.p_mean, table.frac_pos, label=label, **look)
+        counts.plot(table.p_mean, table.sentences, **look)
         texts.append(f"{label} (ECE {analysis.expected_calibration_error(table):.3f})")
     curve.set(
-        title=f"Calibration on dev: {bins} bins of predicted P(positive); ECE: expected calibration error",
+        title=f"{bins} bins of predicted P(positive); ECE: expected calibration error",
         ylabel="share of the bin's sentences that are positive",
         xlim=(0, 1),
         ylim=(0, 1),
@@ -304,101 +388,120 @@ def calibration_figure(runs: list[Run], bins: int = 10) -> Figure:
     counts.set(xlabel="mean predicted P(positive) in the bin", ylabel="sentences in the bin", yscale="log")
     for ax in (curve, counts):
         ax.grid(alpha=0.3)
-    _legend(fig, texts, colors, [_style("perfect calibration", color="black", ls=":", lw=1)])
+    _title(fig, "Calibration on dev", common)
+    _legend(fig, texts, looks, [_style("perfect calibration", color="black", ls=":", lw=1)])
     return fig
 
 
 def accuracy_by_length_figure(runs: list[Run]) -> Figure:
     """Dev accuracy per sentence-length bucket (words), one line per run, with 95% Wilson intervals (short and
     long buckets hold few sentences: their intervals are wide)."""
-    labels, colors = analysis.run_labels(runs), _colors(len(runs))
-    table = analysis.accuracy_by_length(runs)
-    offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else [0.0]  # intervals side by side
+    common, labels = analysis.legend_labels(runs)
+    looks = _looks(len(runs))
+    tables = [analysis.accuracy_by_length([run]) for run in runs]  # one a run: table labels may repeat
+    offsets = np.linspace(-0.2, 0.2, len(runs)) if len(runs) > 1 else [0.0]  # intervals side by side
     fig = _Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    for label, color in zip(labels, colors, strict=True):
-        rows = table[table.run == label]
-        x = np.arange(len(rows)) + offsets[labels.index(label)]
+    for rows, label, look, offset in zip(tables, labels, looks, offsets, strict=True):
         error = [rows.accuracy - rows.acc_low, rows.acc_high - rows.accuracy]
-        ax.errorbar(x, rows.accuracy, yerr=error, color=color, marker="o", capsize=3, label=label)
-    first = table[table.run == labels[0]]
+        ax.errorbar(np.arange(len(rows)) + offset, rows.accuracy, yerr=error, capsize=3, label=label, **look)
+    first = tables[0]
     # Counts under the buckets only when every run saw the same dev sentences.
-    shared = table.groupby("length_words", sort=False).sentences.nunique().eq(1).all()
+    shared = all(t.sentences.equals(first.sentences) for t in tables)
     ax.set_xticks(
         np.arange(len(first)),
         [f"{b}\n({n} sentences)" if shared else b for b, n in zip(first.length_words, first.sentences, strict=True)],
     )
     ax.set(
-        title="Dev accuracy by sentence length, with 95% intervals",
+        title="95% Wilson intervals, side by side per bucket",
         xlabel="sentence length (words)",
         ylabel="dev accuracy (fraction correct)",
     )
     ax.grid(alpha=0.3)
-    _legend(fig, labels, colors)
+    _title(fig, "Dev accuracy by sentence length", common)
+    _legend(fig, labels, looks)
     return fig
 
 
 def seeds_figure(runs: list[Run]) -> Figure:
-    """Runs repeated over seeds (grouped as ``analysis.seed_groups``): dev accuracy per epoch, each seed thin and
-    the mean with its 95% t interval over seeds as a band; time to target per seed, with the pass rate."""
+    """Runs repeated over seeds, grouped by configuration as ``analysis.seed_groups`` groups them (a repeated seed
+    counted once): dev accuracy per epoch, each seed thin and the mean with its 95% t interval over seeds as an
+    outlined band; time to target per seed, with the pass rate."""
     groups = analysis.seed_group_runs(runs)
-    colors = _colors(len(groups))
-    fig = _Figure(figsize=(12, 5.5), layout="constrained")
+    common, labels = analysis.legend_labels([g[0] for g in groups], leave_out=("seed",))
+    if len(groups) == 1:
+        labels = ["one configuration"]  # what it is, the title says
+    looks = _looks(len(groups))
+    fig = _Figure(figsize=(12, 5.5 + 0.3 * len(groups)), layout="constrained")
     curves, times = fig.subplots(1, 2, width_ratios=(3, 2))
-    names = []
-    for i, (members, color) in enumerate(zip(groups, colors, strict=True)):
-        frame = pd.concat([r.evals.assign(seed=r.config["seed"]) for r in members])
+    names, lines, reached_s = [], [], []
+    for i, (members, label, look) in enumerate(zip(groups, labels, looks, strict=True)):
+        kept, repeated = analysis.distinct_seeds(members)
+        frame = pd.concat([r.evals.assign(seed=r.config["seed"]) for r in kept])
         for _, e in frame.groupby("seed"):
-            curves.plot(e.epoch, e.accuracy, color=color, lw=0.8, alpha=0.5)
+            curves.plot(e.epoch, e.accuracy, color=look["color"], lw=0.8, alpha=0.5)
         by_epoch = frame.groupby("epoch").accuracy
         mean = by_epoch.mean()
-        bands = [stats.mean_interval(values)[1] for _, values in by_epoch]
-        low = [b.low if b else np.nan for b in bands]
-        high = [b.high if b else np.nan for b in bands]
-        curves.plot(mean.index, mean, color=color, lw=2.5)
-        curves.fill_between(mean.index, low, high, color=color, alpha=0.2, lw=0)
-        ttt = [(r.config["seed"], r.summary["time_to_target"]) for r in members]
-        reached = [(seed, t) for seed, t in ttt if t is not None]
-        times.scatter([t for _, t in reached], [i] * len(reached), color=color, zorder=3)
+        lines.append(frame.accuracy)
+        curves.plot(mean.index, mean, lw=2.5, **look)
+        if len(kept) > 1:  # one seed has no interval
+            bands = [stats.mean_interval(values)[1] for _, values in by_epoch]
+            low = np.clip([b.low if b else np.nan for b in bands], 0, 1)  # a t interval of 2 seeds spans past 0-1
+            high = np.clip([b.high if b else np.nan for b in bands], 0, 1)
+            curves.fill_between(mean.index, low, high, color=look["color"], alpha=0.1, lw=0)
+            for edge in (low, high):  # outlines tell overlapping bands apart where their fills blend
+                curves.plot(mean.index, edge, color=look["color"], lw=0.8, ls=look["ls"], alpha=0.7)
+        reached = [r.summary["time_to_target"] for r in kept if r.summary["time_to_target"] is not None]
+        reached_s += reached
+        times.scatter(reached, [i] * len(reached), color=look["color"], marker=look["marker"], zorder=3)
         if not reached:  # an empty row would read as missing data
             times.text(
                 0.5,
                 i,
-                f"none of the {len(members)} seeds reached the target",
+                f"none of the {len(kept)} seeds reached the target" if len(kept) > 1 else "not reached (one seed)",
                 transform=times.get_yaxis_transform(),
                 ha="center",
                 va="center",
-                color=color,
+                color=look["color"],
             )
-        passed = stats.proportion(len(reached), len(members))
+        passed = stats.proportion(len(reached), len(kept))
+        repeats = analysis.repeats_text(repeated)
         names.append(
-            f"{analysis.run_label(members[0])}: {len(members)} seeds, reached the target {passed.k}/{passed.n} "
+            f"{label}: {len(kept)} seed{'s' if len(kept) > 1 else ''}"
+            + (f" ({repeats}, counted once)" if repeats else "")
+            + f", reached the target {passed.k}/{passed.n} "
             f"(95% interval {passed.interval.low:.0%}-{passed.interval.high:.0%})"
         )
     targets = sorted({float(r.config["target_acc"]) for r in runs if r.config["target_acc"] is not None})
     for target in targets:
         curves.axhline(target, color="black", ls=":", lw=1)
+    # The curves set the scale: a wide band (few seeds) is cut at the axes rather than squashing every curve.
+    values = pd.concat([*lines, pd.Series(targets, dtype=float)])
+    span = max(float(values.max() - values.min()), 0.02)
+    curves.set_ylim(max(0.0, values.min() - 0.15 * span), min(1.0, values.max() + 0.15 * span))
     curves.set(title="Dev accuracy per epoch over seeds", xlabel="epoch", ylabel="dev accuracy (fraction correct)")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     times.set(
-        title="Time to target per seed (runs that reached it)",
-        xlabel="training seconds to the target accuracy",
-        ylabel="configuration (legend)",
+        title="Time to target, each seed that reached it",
+        xlabel=_scale(times, pd.Series(reached_s, dtype=float), "training seconds to the target accuracy"),
+        ylabel="configuration",
         yticks=range(len(groups)),
-        yticklabels=[f"group {i + 1}" for i in range(len(groups))],
+        yticklabels=[_wrap(label, 28) for label in labels],
         ylim=(-0.5, len(groups) - 0.5),
     )
     times.invert_yaxis()
-    if not any(r.summary["time_to_target"] is not None for r in runs):
+    times.margins(x=0.1)
+    if not reached_s:
         times.set_xticks([])  # no time to show: no made-up scale
     for ax in (curves, times):
         ax.grid(alpha=0.3)
     extra = [
         _style("one seed", lw=0.8, alpha=0.5),
         _style("mean over seeds", lw=2.5),
-        (Patch(color="0.3", alpha=0.2), "95% interval of the mean (t, over seeds)"),
+        (Patch(facecolor="0.3", alpha=0.15, edgecolor="0.3"), "95% interval of the mean (t, over seeds)"),
     ]
-    _legend(fig, [f"group {i + 1}: {n}" for i, n in enumerate(names)], colors, extra)
+    _title(fig, "Repeated seeds", common)
+    _legend(fig, names, looks, extra)
     return fig
 
 

@@ -6,20 +6,21 @@ Run folders are written here by ``write_run`` following docs/run-folder.md, with
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from distil_kit import analysis, plots, records, reference, stats
+from distil_kit import analysis, plots, records, reference, report, stats
 from distil_kit.data import Split
 from distil_kit.errors import KitError
 from distil_kit.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("loss", "accuracy", "throughput", "flagperf", "confusion", "calibration", "accuracy_by_length", "seeds")
-TABLES = ("comparison", "seeds", "confidently_wrong", "accuracy_by_length")
+TABLES = ("comparison", "seeds", "configs", "confidently_wrong", "accuracy_by_length")
 WORDS = "the a film movie is not good bad quite charming dull and but with its story acting funny".split()
 
 
@@ -320,6 +321,47 @@ def test_seed_groups_mean_std_and_count(runs):
     assert groups.loc["0", "runs"] == 1 and np.isnan(groups.loc["0", "final_acc_std"])
 
 
+def test_a_repeated_seed_counts_once_and_is_flagged(tmp_path):
+    """Three runs of seed 0 are one draw of its randomness: counted once (no zero-width interval), and named."""
+    import shutil
+
+    first = write_run(tmp_path / "a-seed0", seed=0)
+    for copy in ("a-seed0-again", "a-seed0-third"):
+        shutil.copytree(first, tmp_path / copy)
+    write_run(tmp_path / "a-seed1", seed=1)
+    write_run(tmp_path / "b-seed0", seed=0, batch=64)
+    runs = records.find_runs([str(tmp_path / "*")])
+    groups = analysis.seed_groups(runs).set_index("label")
+    a = groups.loc["batch 32, 640 training rows"]
+    assert (a.runs, a.seeds, a.repeated_seeds) == (4, "0, 1", "seed 0 ran 3 times")
+    acc = [records.Run.read(tmp_path / n).summary["acc"] for n in ("a-seed0", "a-seed1")]
+    assert a.final_acc_mean == pytest.approx(np.mean(acc)) and a.final_acc_std == pytest.approx(np.std(acc, ddof=1))
+    assert groups.loc["batch 64, 1,280 training rows", "repeated_seeds"] == ""
+    assert (groups.shared_by_all == "distilbert-base-uncased, cpu, fp32, 3 epochs max").all()
+    fig = plots.seeds_figure(runs)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[0].startswith("batch 32, 640 training rows: 2 seeds (seed 0 ran 3 times, counted once)")
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == [
+        plots._wrap(label, 28) for label in ("batch 32, 640 training rows", "batch 64, 1,280 training rows")
+    ]
+
+
+def test_flagperf_compares_only_runs_of_its_workload(tmp_path):
+    full = write_run(tmp_path / "full", epochs=3)
+    summary = json.loads((full / "summary.json").read_text())
+    (full / "summary.json").write_text(json.dumps({**summary, "train_samples": 3 * reference.TRAIN_ROWS}))
+    smoke = write_run(tmp_path / "smoke", epochs=1)
+    runs = records.find_runs([full, smoke])
+    assert analysis.flagperf_workload(runs[0]) is None
+    assert analysis.flagperf_workload(runs[1]) == "640 of 67,349 training rows"
+    fig = plots.flagperf_figure(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 1 + len(reference.ROWS) and "[smoke]" not in " ".join(labels)
+    assert "Left off, not that workload: 1 run(s) (smoke): 640 of 67,349 training rows" in fig.get_suptitle()
+    table = analysis.comparison_table(runs, published=False)
+    assert table.not_flagperf_workload.fillna("").tolist() == ["", "640 of 67,349 training rows"]
+
+
 def test_confidently_wrong_orders_by_confidence_in_the_wrong_class(runs, tmp_path):
     predictions = pd.DataFrame(
         {
@@ -363,26 +405,74 @@ def test_figures_have_titles_labelled_axes_and_legends(figures, runs):
         assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), name
         for ax in fig.axes:
             assert _labelled(ax, "x") and _labelled(ax, "y"), (name, ax.get_title())
-    labels = analysis.run_labels(runs)
+    common, labels = analysis.legend_labels(runs)
     for name in ("loss", "accuracy", "throughput", "calibration", "accuracy_by_length"):
         legend_texts = [t.get_text() for t in figures[name].legends[0].get_texts()]
         assert all(any(label in text for text in legend_texts) for label in labels), name
+        assert common in figures[name].get_suptitle().replace("\n", " "), name
 
 
 def test_accuracy_figure_has_one_line_per_run(figures, runs):
     for ax in figures["accuracy"].axes:
         named = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
-        assert named == analysis.run_labels(runs)
+        assert named == analysis.legend_labels(runs)[1]
+
+
+def test_legends_name_what_differs_and_titles_what_is_shared(runs):
+    seeds = [r for r in runs if r.config["precision"] == "fp32"]  # one configuration, seeds 0, 1 and 2
+    common, labels = analysis.legend_labels(seeds)
+    assert labels == ["seed 0", "seed 1", "seed 2"]
+    assert common == "distilbert-base-uncased, cpu, fp32, batch 32, 640 training rows, 3 epochs max"
+    fig = plots.accuracy_figure(seeds)
+    assert fig.get_suptitle() == f"Dev accuracy while training\n{common}"
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:3] == labels
+    # two configurations: the seed, precision, batch and rows differ; the model, device and epochs are shared
+    common, labels = analysis.legend_labels(runs)
+    assert labels[:2] == ["fp32, batch 32, 640 training rows, seed 0", "bf16, batch 64, 1,280 training rows, seed 0"]
+    assert common == "distilbert-base-uncased, cpu, 3 epochs max"
+    # runs alike in every fact: the config key that differs, then the folder
+    assert analysis.legend_labels([seeds[0], seeds[0]])[1] == ["a-seed0", "a-seed0"]
+
+
+def test_identical_runs_stay_visible(runs):
+    """Two runs that draw the same values: each line has its own style and marker, the later marker smaller."""
+    lines = [line for line in plots.accuracy_figure([runs[0], runs[0]]).axes[0].get_lines() if line.get_marker()]
+    lines = [line for line in lines if line.get_label() and not line.get_label().startswith("_")]
+    assert len(lines) == 2
+    assert lines[0].get_linestyle() != lines[1].get_linestyle() and lines[0].get_marker() != lines[1].get_marker()
+    assert lines[0].get_markersize() > lines[1].get_markersize() and lines[0].get_markerfacecolor() == "none"
+
+
+def test_many_runs_draw_intervals_as_error_bars_not_stacked_bands(run_root, tmp_path):
+    runs = records.find_runs([write_run(tmp_path / f"s{s}", seed=s) for s in range(5)])
+    by_epoch = plots.accuracy_figure(runs).axes[0]
+    assert not [c for c in by_epoch.collections if type(c).__name__ == "FillBetweenPolyCollection"]
+    assert len(by_epoch.containers) == 5  # one set of error bars a run
+    few = plots.accuracy_figure(runs[:2]).axes[0]
+    bands = [c for c in few.collections if "Poly" in type(c).__name__]
+    assert len(bands) == 2 and all(c.get_alpha() <= 0.1 for c in bands)
+
+
+def test_smoothing_tracks_a_short_run():
+    """16 logged rows falling from 0.69 to 0.50: TensorBoard's bias-corrected average ends near the last rows;
+    an average of weight 0.9 over so few rows would trail by half the run."""
+    rng = np.random.default_rng(0)
+    loss = pd.Series(np.linspace(0.69, 0.50, 16) + 0.005 * rng.standard_normal(16))
+    assert plots.smoothed(loss).iloc[-1] == pytest.approx(loss.iloc[-3:].mean(), abs=0.02)
+    assert loss.ewm(alpha=0.1).mean().iloc[-1] > 0.55  # the fixed weight's lag
+    long = pd.Series(np.full(1000, 0.3))
+    assert plots.smoothed(long).iloc[-1] == pytest.approx(0.3)
+    assert plots.smoothed(pd.Series([0.7, 0.6])).tolist() == [0.7, 0.6]  # a couple of rows: shown as logged
 
 
 def test_accuracy_figure_without_target(runs, tmp_path):
     run = runs[0]
-    folder = write_run(tmp_path / "untargeted")
+    folder = write_run(tmp_path / "open-ended")
     (folder / "config.json").write_text(json.dumps({**run.config, "target_acc": None}))
     untargeted = records.Run.read(folder)
     fig = plots.accuracy_figure([untargeted])
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert texts[0] == analysis.run_label(run) and not any("target" in text for text in texts)
+    assert texts[0] == "open-ended" and not any("target" in text for text in texts)  # one run: named by its folder
 
 
 def test_token_length_histogram():
@@ -431,7 +521,7 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     nb = papermill.execute_notebook(
         str(ROOT / "notebooks" / "analysis.ipynb"),
         str(tmp_path / "out.ipynb"),
-        parameters={"runs": runs, "out_dir": str(out_dir)},
+        parameters={"runs": runs, "out_dir": str(out_dir), "html": True},
         cwd=str(tmp_path),
         kernel_name="python3",
         progress_bar=False,
@@ -440,6 +530,7 @@ def test_analysis_notebook_writes_figures_and_table(run_root, tmp_path):
     assert len(images) == len(FIGURES)  # every figure shows inline
     for stem in FIGURES:
         assert (out_dir / f"{stem}.png").stat().st_size > 0
+    assert "data:image/png;base64," in (out_dir / "report.html").read_text()  # html: the notebook, run again
     comparison = pd.read_csv(out_dir / "comparison.csv")
     measured = comparison[comparison.source == "measured"]
     assert measured.final_acc.tolist() == pytest.approx(
@@ -461,7 +552,9 @@ def test_analysis_notebook_runs_twice_in_one_kernel_with_its_runs_edited(run_roo
     assert "parameters" in code[0].metadata["tags"]
 
     def parameters(runs: list[str], out_dir: Path):
-        return nbformat.v4.new_code_cell(f"runs = {runs!r}\nout_dir = {str(out_dir)!r}\nbenchmarks = []\npaired = []")
+        return nbformat.v4.new_code_cell(
+            f"runs = {runs!r}\nout_dir = {str(out_dir)!r}\nbenchmarks = []\npaired = []\nhtml = False"
+        )
 
     first = [str(run_root / "a-seed0")]
     both = [*first, str(run_root / "b-bf16")]
@@ -481,8 +574,8 @@ def test_benchmark_figure_from_a_benchmark_csv(tmp_path):
     assert results, "tests/fixtures/ holds no benchmark CSV"
     figures = plots.benchmark_figures([results[0]])
     ax = next(iter(figures.values())).axes[0]
-    assert len(ax.get_yticklabels()) == 7 and ax.get_xlabel()  # a-e, p, q
-    assert pd.read_csv(results[0]).date[0][:16] in ax.get_title()
+    assert len(ax.get_yticklabels()) == len(pd.read_csv(results[0])) and ax.get_xlabel()
+    assert pd.read_csv(results[0]).date[0][:19] in ax.get_title()
     written = plots.save_figures(figures, tmp_path)
     assert written[0].stat().st_size > 10_000
 
@@ -504,3 +597,40 @@ def test_seeds_figure_says_when_no_seed_reached_the_target(tmp_path):
     times = plots.seeds_figure(records.find_runs([*slow, *fast])).axes[1]
     assert [t.get_text() for t in times.texts] == ["none of the 3 seeds reached the target"]
     assert len(times.collections[1].get_offsets()) == 2 and len(times.get_xticks())  # the two seeds that reached it
+
+
+def test_accuracy_by_length_keeps_runs_whose_folders_share_a_name(tmp_path):
+    """Two sweeps' seed-0 folders: one line of seven buckets each (the table's labels matched both runs)."""
+    runs = records.find_runs(
+        [write_run(tmp_path / sweep / "seed-0", batch=batch) for sweep, batch in (("a", 32), ("b", 32))]
+    )
+    assert analysis.run_labels(runs)[0].endswith("[a/seed-0]")
+    containers = plots.accuracy_by_length_figure(runs).axes[0].containers  # one set of error bars a run
+    assert [len(c.lines[0].get_xdata()) for c in containers] == [7, 7]
+
+
+@pytest.mark.slow
+def test_html_report_embeds_figures_and_tables_without_code(run_root, tmp_path):
+    import html as html_text
+
+    import nbformat
+
+    pytest.importorskip("papermill")
+    runs = records.find_runs([run_root / "a-seed0", run_root / "a-seed1", run_root / "b-bf16"])
+    path = report.write_html(runs, tmp_path / "out")
+    assert path == tmp_path / "out" / "report.html"
+    page = path.read_text()
+    notebook = nbformat.read(report.NOTEBOOK, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for line in cell.source.splitlines():
+                if len(line) > 20:  # short lines (a bare name) may appear as text; code lines must not
+                    assert html_text.escape(line) not in page and line not in page, line
+    assert "hl-ipython3" not in page  # no highlighted code block
+    assert page.count("data:image/png;base64,") >= len(FIGURES)  # every figure embedded, none linked
+    assert not re.search(r'<img[^>]+src="(?!data:)', page)
+    assert 'src="http' not in page  # nothing fetched from the network (the template's CDN scripts left out)
+    for text in ("Configurations", "FlagPerf NVIDIA A100-SXM4-40GB, 1 node x 8 GPUs", "a-seed0", "bf16"):
+        assert text in page, text
+    assert "Written files" not in page  # tagged not-in-report
+    assert (tmp_path / "out" / "seeds.png").is_file() and (tmp_path / "out" / "configs.csv").is_file()

@@ -1,5 +1,6 @@
 """The finetune notebook in a real browser: Debian's Chromium, driven by Playwright, against a JupyterLab this test
-starts on 127.0.0.1 from a temporary copy of the notebooks.
+starts on 127.0.0.1 from a temporary copy of the notebooks; and the HTML report (``report --html``) opened from its
+file, its figures loaded.
 
 One run of the notebook to its end (the progress display compact and final, no IProgress warning or library noise
 on stderr, the figures drawn), a second one interrupted from the Kernel menu (one message, no traceback, the
@@ -328,3 +329,34 @@ def drive(lab, browser, kit, shots) -> None:
     assert rendered_images(cell_with(page, "notebook.finetune(")) == 1
     cell_with(page, "notebook.finetune(").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "4-reopened.png"))
+
+
+# --- the HTML report, opened from its file ---------------------------------------------------------------------
+
+
+def test_html_report_in_chromium(browser, shots, tmp_path):
+    """``report --html``'s file as a reader opens it: every figure decoded (data URIs, nothing fetched), tables and
+    configurations shown, no code."""
+    from test_analysis import FIGURES, write_run
+
+    from distil_kit import records, report
+
+    folders = [write_run(tmp_path / "runs" / "a" / f"seed-{s}", seed=s) for s in (0, 1, 2)]
+    folders.append(write_run(tmp_path / "runs" / "b-bf16", precision="bf16", batch=64, skill=0.95, speed=90.0))
+    path = report.write_html(records.find_runs(folders), tmp_path / "report")
+    page = browser.new_page()
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    images = page.locator("img")
+    assert images.count() == len(FIGURES)
+    assert rendered_images(page.locator("body")) == len(FIGURES), "an image did not load"
+    assert page.locator(".jp-CodeCell .jp-InputArea").count() == 0  # code cells show their outputs only
+    text = page.locator("body").inner_text()
+    for heading in ("Runs side by side", "Configurations", "FlagPerf's metrics", "Repeated seeds"):
+        assert heading in text, heading
+    assert "check_notebook_parameters" not in text and "Traceback" not in text
+    page.screenshot(path=str(shots / "report-top.png"))
+    page.locator("h2#Repeated-seeds").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "report-seeds.png"))
+    page.screenshot(path=str(shots / "report-full.png"), full_page=True)
+    print(f"HTML report {path}; screenshots in {shots}")
