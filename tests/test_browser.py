@@ -3,9 +3,11 @@ starts on 127.0.0.1 from a temporary copy of the notebooks; and the HTML report 
 file, its figures loaded.
 
 One run of the notebook to its end (the progress display compact and final, no IProgress warning or library noise
-on stderr, the figures drawn), a second one interrupted from the Kernel menu (one message, no traceback, the
-checkpoint on disk, the cells below showing the partial run), then the first notebook reopened from its saved
-file (the final progress still shown). Screenshots go to $DISTIL_KIT_ARTIFACTS (default: the test's tmp folder).
+on stderr, the figures drawn), then its parameters edited in the page and Run All again in the same kernel (the
+second run trains with the edited parameters), a second notebook interrupted from the Kernel menu (one message, no
+traceback, the checkpoint on disk, the cells below showing the partial run), then the first notebook reopened from
+its saved file (the final progress still shown). Screenshots go to $DISTIL_KIT_ARTIFACTS (default: the test's tmp
+folder).
 
 Needs /usr/bin/chromium (Debian's chromium package; .ci/run installs it) and the playwright package (the dev
 extra); Playwright's own browser download is never used.
@@ -48,6 +50,7 @@ LAB_SETTINGS = {
 }
 FIRST = {"output_dir": "runs/first", "epochs": 2, "max_train_samples": 256, "log_every": 2}
 SECOND = {"output_dir": "runs/stopped", "epochs": 1, "max_train_samples": 20_000, "log_every": 5}
+AGAIN_EPOCHS = 1  # the first notebook's second Run All, its parameters edited in the page
 MINUTE = 60_000  # ms
 
 
@@ -277,6 +280,26 @@ def drive(lab, browser, kit, shots) -> None:
     assert "Traceback" not in output_text(page)
     train.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "1-finished.png"))
+
+    # 1b. The parameters edited in the page, then Run All again in the same kernel (the first run's globals, run
+    # and runs among them, still there): the second run trains with the new parameters.
+    again = kit / "runs" / "again" / "summary.json"
+    editor = page.locator(".jp-Notebook .jp-CodeCell").first.locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type(f"\noutput_dir = 'runs/again'\nepochs = {AGAIN_EPOCHS}")
+    run_all(page)
+    deadline = time.monotonic() + 2 * MINUTE / 1000
+    while not again.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert again.is_file(), "the second Run All did not finish a run in runs/again"
+    wait_all_ran(page)
+    steps = AGAIN_EPOCHS * FIRST["max_train_samples"] // 32
+    assert_final_progress(page, steps, AGAIN_EPOCHS + 1)
+    assert json.loads(again.read_text())["epochs_run"] == AGAIN_EPOCHS
+    assert "unknown parameter" not in output_text(page) and "Traceback" not in output_text(page)
+    train.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "1b-run-again.png"))
     menu(page, "File", "Save Notebook")
     page.wait_for_selector(".lm-TabBar-tab.jp-mod-current:not(.jp-mod-dirty)")
     saved = nbformat.read(kit / "notebooks" / "finetune.ipynb", as_version=4)
@@ -325,7 +348,7 @@ def drive(lab, browser, kit, shots) -> None:
     lab.shut_down_kernels()
     page = browser.new_page()
     open_notebook(page, lab("finetune.ipynb"))
-    assert_final_progress(page, steps, FIRST["epochs"] + 1)
+    assert_final_progress(page, steps, AGAIN_EPOCHS + 1)  # saved after the second Run All
     assert rendered_images(cell_with(page, "notebook.finetune(")) == 1
     cell_with(page, "notebook.finetune(").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "4-reopened.png"))
