@@ -131,8 +131,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "finetune",
-        help="fine-tune with FlagPerf's recipe; writes a run folder",
-        description="Fine-tune with FlagPerf's recipe and write a run folder (docs/run-folder.md).\n"
+        help="fine-tune with FlagPerf's hyperparameters; writes a run folder",
+        description="Fine-tune with FlagPerf's hyperparameters (the kit's recipe, or FlagPerf's own computation\n"
+        "with flagperf_exact: docs/recipe.md) and write a run folder (docs/run-folder.md).\n"
         "Parameters come from --params, then each --set in order (the last wins); values read as YAML\n"
         "(null, true, 3, 5e-5), text parameters as typed.",
         epilog=parameters_help(),

@@ -85,8 +85,8 @@ def model_card(config: dict, manifest: dict, summary: dict, name: str) -> str:
 # {name}: `{config["model"]}` fine-tuned on SST-2
 
 `{config["model"]}`{f" ({weights})" if weights else ""} fine-tuned on SST-2 (GLUE's binary sentiment task) by
-distil-kit with FlagPerf's recipe: AdamW (no weight decay on biases and LayerNorm weights), the learning rate decayed
-linearly to zero with no warm-up. Labels: {labels}.
+distil-kit with {_recipe(config)}: AdamW (no weight decay on biases and LayerNorm weights), the learning rate
+decayed linearly to zero with no warm-up. Labels: {labels}.
 
 ## Dev accuracy
 
@@ -146,3 +146,9 @@ def _time_to_target(config: dict, summary: dict, manifest: dict) -> str:
         f"Time to target: the target {needs} was reached after {summary['time_to_target']:.1f} s of training "
         f"(evaluations included), at epoch {summary['epochs_to_target']}, on {manifest.get('device_name')}."
     )
+
+
+def _recipe(config: dict) -> str:
+    if config.get("flagperf_exact"):
+        return "FlagPerf's own computation (`flagperf_exact`)"
+    return "FlagPerf's hyperparameters in the kit's recipe (its departures from FlagPerf's code: docs/recipe.md)"
