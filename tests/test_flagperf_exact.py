@@ -326,4 +326,7 @@ if __name__ == "__main__":
             out.mkdir(parents=True)
             torch.save(weights, out / "weights.pt")
             (out / "acc.json").write_text(json.dumps(acc))
+        # every rank here before any tears its group down: a rank leaving while rank 0 still writes aborted at exit
+        # (gloo's threads: "terminate called without an active exception"), as the kit's own runs never do
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
