@@ -75,13 +75,19 @@ def _predictions(dev: Split, parts: list[tuple[list, list, list]]) -> pd.DataFra
             "prob_pos": sum((p[2] for p in parts), []),
         }
     ).sort_values("row")
-    rows = frame["row"].to_numpy()
+    return predictions_frame(dev, frame)
+
+
+def predictions_frame(dev: Split, scored: pd.DataFrame) -> pd.DataFrame:
+    """predictions.csv's frame from ``scored`` (columns ``row``, ``pred``, ``prob_pos``; each dev row once, in dev
+    order)."""
+    rows = scored["row"].to_numpy()
     return pd.DataFrame(
         {
             "idx": dev.idx[rows],
             "sentence": dev.sentence[rows],
             "label": dev.label[rows],
-            "pred": frame["pred"].to_numpy(),
-            "prob_pos": frame["prob_pos"].round(6).to_numpy(),
+            "pred": scored["pred"].to_numpy(),
+            "prob_pos": scored["prob_pos"].round(6).to_numpy(),
         }
     )

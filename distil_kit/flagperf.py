@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from . import distributed
 from .batching import SplitDataset, TrimCollate
 from .data import Split
-from .evaluate import Evaluation
+from .evaluate import Evaluation, predictions_frame
 
 
 class FlagPerfBatches:
@@ -144,18 +144,8 @@ def evaluate(
     local = (positions, torch.cat(pred).tolist(), torch.cat(prob).tolist()) if pred else ([], [], [])
     scored = _scored(dev, distributed.gather_objects(local, world))  # every rank's, on every rank
     first = scored.drop_duplicates("row").sort_values("row")
-    predictions = pd.DataFrame(
-        {
-            "idx": dev.idx[first["row"].to_numpy()],
-            "sentence": dev.sentence[first["row"].to_numpy()],
-            "label": dev.label[first["row"].to_numpy()],
-            "pred": first["pred"].to_numpy(),
-            "prob_pos": first["prob_pos"].round(6).to_numpy(),
-        }
-    )
-    return Evaluation(
-        int(first["hit"].sum()), len(dev), predictions if world.main else None, int(scored["hit"].sum())
-    )
+    predictions = predictions_frame(dev, first) if world.main else None
+    return Evaluation(int(first["hit"].sum()), len(dev), predictions, int(scored["hit"].sum()))
 
 
 def _scored(dev: Split, parts: list[tuple[list, list, list]]) -> pd.DataFrame:
