@@ -80,3 +80,14 @@ def still_model(tmp_path_factory, tiny_model) -> Path:
         if f.name not in ("config.json", "model.safetensors"):
             (folder / f.name).write_bytes(f.read_bytes())
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def untraced_subprocesses():
+    """benchmarks/mutation.py: while mutmut traces which tests reach which function (MUTANT_UNDER_TEST=stats), a
+    process a test starts cannot report back (and fails looking for mutmut's configuration from another folder), so
+    it runs the code untraced; with a mutant under test, processes inherit it and run the mutant too."""
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+            patch.delenv("MUTANT_UNDER_TEST")
+        yield
