@@ -30,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".mutation"
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.yaml")
-COPIED = ["distil_kit", "tests", "benchmarks", "notebooks", "params", "docs", "README.md", "environment.yml"]
+COPIED = ["distil_kit", "tests", "benchmarks", "notebooks", "params", "docs", "README.md", "environment.yml", ".ci"]
 SURVIVED = {"survived", "no tests"}  # "no tests": none of the module's tests reaches the function at all
 
 
@@ -44,6 +44,8 @@ def modules() -> dict[str, dict]:
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

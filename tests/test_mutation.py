@@ -66,7 +66,8 @@ def test_a_module_runs_in_its_own_copy_configured_for_it_alone(tmp_path, monkeyp
     settings = config["tool"]["mutmut"]
     assert settings["only_mutate"] == ["distil_kit/data.py"]
     assert settings["pytest_add_cli_args_test_selection"] == [*entry["tests"], "-m", "not gpu and not slow"]
-    assert settings["process_isolation"] == "forkserver"  # the shared settings stay
+    shared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert {k: settings[k] for k in shared} == shared  # the shared settings stay, with their types
     assert config["tool"]["pytest"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
     (folder / "distil_kit" / "stale.py").write_text("")  # a file the checkout no longer has does not linger
     mutation.stage("data", entry)

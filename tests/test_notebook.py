@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -29,6 +30,10 @@ def test_eta_is_the_remaining_steps_at_the_mean_rate_plus_the_evaluations_left()
     assert eta_seconds(0, 20, 0.0, 2, None) is None  # nothing trained yet: unknown
     assert eta_seconds(10, 20, 5.0, 1, 2.0) == pytest.approx(5.0 + 2.0)
     assert eta_seconds(20, 20, 9.0, 0, 2.0) == 0.0
+    assert eta_seconds(0, 20, 3.0, 2, 2.0) is None  # seconds spent but no step done: no rate yet
+    assert eta_seconds(5, 20, 0.0, 1, 2.0) is None  # no training time measured: no rate
+    assert eta_seconds(1, 20, 0.5, 0, None) == pytest.approx(9.5)  # 19 steps left at 0.5 s a step
+    assert eta_seconds(10, 20, 5.0, 2, None) == pytest.approx(5.0)  # no evaluation timed yet: steps only
     assert [clock(None), clock(59.6), clock(61), clock(3725)] == ["?", "1:00", "1:01", "1:02:05"]
 
 
@@ -59,18 +64,78 @@ def test_view_text_is_the_final_state_in_a_few_lines():
     lines = _view().text().splitlines()
     assert lines[0] == "runs/<a&b>: 300 training rows"
     assert lines[1] == "step 20/20 (100%) · epoch 2/2 · trained 0:21 · loss 0.6931 · 38.5 samples/s"
-    assert lines[2].split() == ["epoch", "step", "dev", "accuracy", "correct", "95%", "interval", "training", "s"]
-    assert lines[3].split()[:4] == ["0", "(before", "training)", "0"] and "444/872" in lines[3]
-    assert lines[5].split() == ["2", "20", "0.5092", "444/872", "0.476–0.542", "20.0"]
+    # the table: each column right-aligned to its widest cell, two spaces apart
+    assert lines[2:6] == [
+        "              epoch  step  dev accuracy  correct  95% interval  training s",
+        "0 (before training)     0        0.5092  444/872   0.476–0.542         0.0",
+        "                  1    10        0.5092  444/872   0.476–0.542        10.0",
+        "                  2    20        0.5092  444/872   0.476–0.542        20.0",
+    ]
     assert lines[-1] == "finished: 2 epoch(s) run" and len(lines) == 7
     running = _view(step=5, epoch=1, eta_s=75.0, status="").text().splitlines()
     assert "step 5/20 (25%) · epoch 1/2 · trained 0:21, ETA 1:15" in running[1] and len(running) == 6
+
+
+def test_view_leaves_blank_the_counts_and_interval_an_evaluation_row_lacks():
+    bare = {"epoch": 1, "step": 10, "accuracy": 0.75, "eval_s": 0.3, "train_s": 12.34}  # no correct/total/interval
+    lines = _view(evals=[bare]).text().splitlines()
+    assert lines[2:4] == [
+        "epoch  step  dev accuracy  correct  95% interval  training s",
+        "    1    10        0.7500" + " " * 31 + "12.3",  # two blank columns of 7 and 12, each after 2 spaces
+    ]
+    assert _Shown(_view(evals=[bare]).html()).texts[-3:] == ["0.7500", "12.3", "finished: 2 epoch(s) run"]
+
+
+def test_view_of_a_run_of_zero_or_one_optimizer_step_shows_it_complete():
+    """A FlagPerf-exact run counts its steps as micro-batches // accumulation: 0 when its micro-batches never fill a
+    step. The display says 100% then rather than dividing by zero."""
+    view = _view(step=0, total_steps=0, evals=[])
+    assert view.text().splitlines()[1].startswith("step 0/0 (100%) · epoch 2/2")
+    assert 'max="1"' in view.html()  # an HTML progress bar needs a positive max
+    one_step = _view(step=1, total_steps=1, evals=[])
+    assert one_step.text().splitlines()[1].startswith("step 1/1 (100%)")
+    assert '<progress value="1" max="1"' in one_step.html()  # a full bar
+
+
+class _Shown(HTMLParser):
+    """What a browser shows of an HTML output: its pieces of text in order (tags between them split them)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.texts: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_data(self, data: str) -> None:
+        if data.strip():
+            self.texts.append(data.strip())
 
 
 def test_view_html_escapes_and_holds_a_row_per_evaluation():
     page = _view().html()
     assert "runs/&lt;a&amp;b&gt;" in page and "<a&b>" not in page
     assert page.count("<tr>") == 1 + 3 and '<progress value="20" max="20"' in page
+    assert page.startswith('<div class="distil-kit-progress"')  # the class a notebook's own style sheet can use
+    # the same words as the text form, with the table as a table: a header row, then a row per evaluation
+    header = ["epoch", "step", "dev accuracy", "correct", "95% interval", "training s"]
+    rows = [
+        ["0 (before training)", "0", "0.5092", "444/872", "0.476–0.542", "0.0"],
+        ["1", "10", "0.5092", "444/872", "0.476–0.542", "10.0"],
+        ["2", "20", "0.5092", "444/872", "0.476–0.542", "20.0"],
+    ]
+    assert _Shown(page).texts == [
+        "runs/<a&b>",
+        ": 300 training rows",
+        "step 20/20 (100%) · epoch 2/2 · trained 0:21 · loss 0.6931 · 38.5 samples/s",
+        *header,
+        *(cell for row in rows for cell in row),
+        "finished: 2 epoch(s) run",
+    ]
+    assert '<div style="color:inherit">finished: 2 epoch(s) run</div></div>' in page  # a finished run: plain
+    stopped = _view(status="stopped by SIGINT after step 20", ok=False).html()
+    assert '<div style="color:#b35900">stopped by SIGINT after step 20</div>' in stopped  # a stopped one: orange
+    running = _view(step=5, epoch=1, eta_s=75.0, status="").html()
+    assert _Shown(running).texts[-1] == "20.0" and '<progress value="5" max="20"' in running  # no status line yet
 
 
 def test_project_root_is_above_the_kits_notebooks_folder_only(tmp_path):
