@@ -146,6 +146,8 @@ def split_from_columns(columns, name: str) -> Split:
         if "idx" in getattr(columns, "column_names", columns)
         else np.arange(len(labels), dtype=np.int64)
     )
+    if not len(labels):
+        raise KitError(f"{name}: no rows; expected at least one")
     _check_rows(sentences, labels, name, first_row=0)
     return Split(idx=idx, sentence=np.array(sentences, dtype=str), label=labels)
 
@@ -156,7 +158,9 @@ def _check_rows(sentences, labels, name: str, first_row: int, unit: str = "row")
     if bad.size:
         raise KitError(f"{name}: {unit} {bad[0] + first_row}: label {labels[bad[0]].item()!r} is not 0 or 1")
     for i, s in enumerate(sentences):
-        if not str(s).strip():
+        if not isinstance(s, str):  # a null in a hub or pandas column would train as the text "None" or "nan"
+            raise KitError(f"{name}: {unit} {i + first_row}: sentence {s!r} is not text")
+        if not s.strip():
             raise KitError(f"{name}: {unit} {i + first_row}: empty sentence")
 
 
@@ -202,6 +206,8 @@ def read_npz(path: Path, vocab_size: int | None = None) -> Split:
             f"{path}: file not found; a FlagPerf data folder holds dataset/{NPZ_FILES['train']} "
             f"and dataset/{NPZ_FILES['dev']}"
         )
+    if not zipfile.is_zipfile(path):  # np.load would read other bytes as a pickle and blame pickling
+        raise KitError(f"{path}: not a readable npz file (not a zip archive as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in NPZ_KEYS if k not in z.files]
@@ -254,10 +260,11 @@ def check_encoded(split: Split, name: str, vocab_size: int | None = None) -> Non
             f"(expected right padding and at least one token)"
         )
     if vocab_size is not None:
-        bad = np.flatnonzero((ids >= vocab_size).any(axis=1) | (ids < 0).any(axis=1))
+        outside = (ids >= vocab_size) | (ids < 0)
+        bad = np.flatnonzero(outside.any(axis=1))
         if bad.size:
             raise KitError(
-                f"{name}: row {bad[0]}: token id {int(ids[bad[0]].max())} is outside the tokenizer's "
+                f"{name}: row {bad[0]}: token id {int(ids[bad[0]][outside[bad[0]]][0])} is outside the tokenizer's "
                 f"vocabulary of {vocab_size}; was this file made with another tokenizer?"
             )
 

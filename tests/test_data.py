@@ -42,6 +42,55 @@ def test_real_tsv_row_counts_and_labels(sst2_dir):
     assert any("'" in s for s in splits["train"].sentence)  # quotes are text, never quoting (QUOTE_NONE)
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_tsv_text_is_read_as_written(tmp_path, newline):
+    """GLUE TSVs have no quoting (a '"' is text), columns after sentence and label are ignored, and a file saved
+    with Windows (CRLF) or old Mac (CR) line endings reads like one with LF."""
+    lines = ["sentence\tlabel\tsource", '"great" , he said \t1\tweb', "dull \t0\tweb"]
+    (tmp_path / "train.tsv").write_bytes("".join(line + newline for line in lines).encode())
+    split = data.read_tsv(tmp_path / "train.tsv")
+    assert split.sentence.tolist() == ['"great" , he said ', "dull "]
+    assert split.label.tolist() == [1, 0] and split.idx.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["dict", "datasets.Dataset"])
+def test_columns_become_a_checked_split(kind):
+    """A mapping of columns (what the hub's splits are) keeps its own idx, or numbers its rows from 0 without one;
+    any integer type comes back int64; a bad row is named by the given name and its row number (from 0)."""
+    import datasets
+
+    make = (lambda c: c) if kind == "dict" else datasets.Dataset.from_dict
+    columns = {
+        "idx": np.array([7, 3], dtype=np.int32),
+        "sentence": ["good ", "bad "],
+        "label": np.array([1, 0], dtype=np.int32),
+    }
+    split = data.split_from_columns(make(columns), "x")
+    assert split.idx.tolist() == [7, 3] and split.sentence.tolist() == ["good ", "bad "]
+    assert split.idx.dtype == split.label.dtype == np.int64
+    numbered = data.split_from_columns(make({k: v for k, v in columns.items() if k != "idx"}), "x")
+    assert numbered.idx.tolist() == [0, 1] and numbered.idx.dtype == np.int64
+    with pytest.raises(KitError, match=r"^sst2\[train\]: row 1: label 2 is not 0 or 1$"):
+        data.split_from_columns(make({**columns, "label": np.array([1, 2])}), "sst2[train]")
+    with pytest.raises(KitError, match=r"^sst2\[train\]: row 1: sentence None is not text$"):  # a null
+        data.split_from_columns(make({**columns, "sentence": ["good ", None]}), "sst2[train]")
+    with pytest.raises(KitError, match=r"^sst2\[train\]: no rows; expected at least one$"):
+        data.split_from_columns({"sentence": [], "label": []}, "sst2[train]")
+
+
+def test_rows_must_fit_the_models_positions():
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])  # rows of 3 and 4 real tokens
+    split = data.Split(np.arange(2), np.array(["a ", "b "]), np.array([0, 1]), mask * 7, mask)
+    data.check_positions({"train": split}, 4)  # 4 tokens fit 4 positions
+    data.check_positions({"train": split}, None)  # a model without max_position_embeddings: nothing to check
+    with pytest.raises(KitError) as error:
+        data.check_positions({"dev": split.head(1), "train": split}, 3)
+    assert str(error.value) == (
+        "train split, row 1: 4 tokens, more than the 3 positions of the model (max_position_embeddings); "
+        "preprocess with a smaller max_length"
+    )
+
+
 def test_minilm_vocab_is_bert_base_uncased(minilm_dir):
     import hashlib
 
@@ -372,6 +421,29 @@ def _npz_folder(tmp_path, **changes):
     return folder.parent
 
 
+def test_npz_with_narrower_integer_or_bool_arrays_loads_as_int64(tmp_path):
+    """Token arrays written as int32 (or a bool attention_mask) load as the int64 the batches and models use."""
+    folder = _npz_folder(
+        tmp_path,
+        input_ids=np.array([[101, 102, 0], [101, 7592, 102]], dtype=np.int32),
+        attention_mask=np.array([[1, 1, 0], [1, 1, 1]], dtype=bool),
+    )
+    dev = data.load_sst2(folder, vocab_size=30522)["dev"]
+    assert dev.input_ids.dtype == dev.attention_mask.dtype == np.int64
+    assert dev.input_ids.tolist() == [[101, 102, 0], [101, 7592, 102]] and dev.lengths.tolist() == [2, 3]
+
+
+def _without(folder, name):
+    """``folder`` after deleting its file ``name``."""
+    (folder / name).unlink()
+    return folder
+
+
+def _npz_rows(input_ids, attention_mask):
+    """The 2-row npz folder with other token rows (tokens: [CLS]=101, [SEP]=102, [PAD]=0)."""
+    return lambda t: _npz_folder(t, input_ids=np.array(input_ids), attention_mask=np.array(attention_mask))
+
+
 BAD_SOURCES = {
     "missing folder": (lambda t: t / "nope", r"data folder .*nope does not exist"),
     "folder without files": (lambda t: _write(t / "src", "other.txt", ""), r"holds neither train.tsv"),
@@ -379,9 +451,14 @@ BAD_SOURCES = {
         lambda t: _write(t / "src", "train.tsv", "sentence\tlabel\nok \t1\n"),
         r"dev.tsv: file not found",
     ),
-    "no header": (
+    "no header": (  # the first line is shown as read
         lambda t: _tsv_folder(t, "nice film \t1\n"),
-        r"train.tsv: line 1: header .* expected 'sentence<TAB>label'",
+        r"train.tsv: line 1: header is \['nice film ', '1'\], expected 'sentence<TAB>label'",
+    ),
+    "empty train.tsv": (lambda t: _tsv_folder(t, ""), r"train.tsv: line 1: header is missing, expected 'sentence"),
+    "row without a tab": (
+        lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\nno tab here\n"),
+        r"train.tsv: line 3: expected 2 tab-separated fields, found 1",
     ),
     "label 2": (
         lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\nbad \t2\n"),
@@ -395,26 +472,76 @@ BAD_SOURCES = {
         lambda t: _tsv_folder(t, "sentence\tlabel\nok \t1\n  \t0\n"),
         r"train.tsv: line 3: empty sentence",
     ),
-    "npz missing key": (
-        lambda t: _npz_folder(t, attention_mask=None),
-        r"train_dataset.npz: missing key\(s\) attention_mask",
+    "npz missing keys": (
+        lambda t: _npz_folder(t, input_ids=None, attention_mask=None),
+        r"train_dataset.npz: missing key\(s\) input_ids, attention_mask; expected idx, sentence, label, input_ids, "
+        r"attention_mask",
+    ),
+    "npz missing eval file": (
+        lambda t: _without(_npz_folder(t) / "dataset", "eval_dataset.npz").parent,
+        r"eval_dataset.npz: file not found; a FlagPerf data folder holds dataset/train_dataset.npz and "
+        r"dataset/eval_dataset.npz",
+    ),
+    "npz empty file": (
+        lambda t: _write(_npz_folder(t) / "dataset", "train_dataset.npz", "").parent,
+        r"train_dataset.npz: not a readable npz file",
+    ),
+    "npz no rows": (
+        lambda t: _npz_folder(
+            t,
+            idx=np.arange(0),
+            sentence=np.array([], dtype=str),
+            label=np.arange(0),
+            input_ids=np.zeros((0, 3), int),
+            attention_mask=np.zeros((0, 3), int),
+        ),
+        r"train_dataset.npz: no rows; expected at least one",
+    ),
+    "npz label rows": (
+        lambda t: _npz_folder(t, label=np.array([0, 1, 1])),
+        r"train_dataset.npz: 'label' has shape \(3,\), expected \(2,\) like 'idx'",
     ),
     "npz shapes": (
         lambda t: _npz_folder(t, attention_mask=np.ones((2, 4), int)),
         r"train_dataset.npz: 'input_ids' \(2, 3\) and 'attention_mask' \(2, 4\)",
     ),
+    "npz fewer token rows than idx": (
+        _npz_rows([[101, 102, 0]], [[1, 1, 0]]),
+        r"train_dataset.npz: 'input_ids' \(1, 3\) and 'attention_mask' \(1, 3\) must both be \[2, L\]",
+    ),
     "npz label": (lambda t: _npz_folder(t, label=np.array([0, 5])), r"train_dataset.npz: row 1: label 5"),
     "npz id beyond vocab": (
-        lambda t: _npz_folder(t, input_ids=np.array([[101, 102, 0], [101, 99999, 102]])),
+        _npz_rows([[101, 102, 0], [101, 99999, 102]], [[1, 1, 0], [1, 1, 1]]),
         r"train_dataset.npz: row 1: token id 99999 is outside the tokenizer's vocabulary",
     ),
-    "npz left padding": (
-        lambda t: _npz_folder(t, attention_mask=np.array([[0, 1, 1], [1, 1, 1]])),
-        r"row 0: attention_mask is not",
+    "npz id equal to the vocab size": (  # ids run from 0 to 30521 in MiniLM's 30522-token vocabulary
+        _npz_rows([[101, 102, 0], [101, 30522, 102]], [[1, 1, 0], [1, 1, 1]]),
+        r"train_dataset.npz: row 1: token id 30522 is outside the tokenizer's vocabulary of 30522",
     ),
-    "npz object sentences": (
+    "npz negative id": (  # the id named is the bad one, not the row's largest
+        _npz_rows([[101, 102, 0], [101, -1, 102]], [[1, 1, 0], [1, 1, 1]]),
+        r"train_dataset.npz: row 1: token id -1 is outside the tokenizer's vocabulary",
+    ),
+    "npz that is not an npz": (  # not a zip archive: numpy would read it as a pickle and blame pickling
+        lambda t: _write(_npz_folder(t) / "dataset", "train_dataset.npz", "<html>not found</html>").parent,
+        r"train_dataset.npz: not a readable npz file \(not a zip archive as np.savez writes\)",
+    ),
+    "npz mask value 2": (
+        _npz_rows([[101, 102, 0], [101, 7592, 102]], [[1, 1, 0], [1, 2, 1]]),
+        r"train_dataset.npz: row 1: attention_mask holds values other than 0 and 1",
+    ),
+    "npz left padding": (
+        _npz_rows([[101, 102, 0], [0, 101, 102]], [[1, 1, 0], [0, 1, 1]]),
+        r"train_dataset.npz: row 1: attention_mask is not a block of 1s followed by 0s",
+    ),
+    "npz row without tokens": (
+        _npz_rows([[101, 102, 0], [0, 0, 0]], [[1, 1, 0], [0, 0, 0]]),
+        r"train_dataset.npz: row 1: attention_mask is not a block of 1s .*and at least one token\)",
+    ),
+    "npz object sentences": (  # numpy's reason, then what the file must hold
         lambda t: _npz_folder(t, sentence=np.array(["a ", "b "], dtype=object)),
-        r"'sentence' must be a numpy unicode array",
+        r"train_dataset.npz: Object arrays cannot be loaded when allow_pickle=False; 'sentence' must be a numpy "
+        r"unicode array",
     ),
 }
 
