@@ -42,12 +42,13 @@ def resumed_config(given: RunConfig) -> RunConfig:
             f"interrupted run's folder"
         )
     records.check_unfinished(saved_path.parent)
-    saved = records.Run(saved_path.parent).config
     default, asked = RunConfig().to_dict(), given.to_dict()
+    # a parameter newer than the saved run: the run had its default
+    saved = {**default, **records.Run(saved_path.parent).config}
     changed = [
         name
         for name, value in asked.items()
-        if name not in ("output_dir", "resume", "overwrite") and value not in (default[name], saved.get(name, value))
+        if name not in ("output_dir", "resume") and value not in (default[name], saved[name])
     ]
     refused = [name for name in changed if name not in SAFE_TO_CHANGE]
     if refused:

@@ -7,6 +7,7 @@ every step, so that losses compare step by step.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distil_kit import checkpoint, engine
+from distil_kit import RunConfig, checkpoint, engine, resuming
 from distil_kit.callbacks import Callback
 from distil_kit.errors import KitError
 from distil_kit.records import Run
@@ -391,3 +392,100 @@ def test_a_failed_checkpoint_write_fails_the_run_in_one_line(run_config, tmp_pat
         f"[Errno 28] No space left on device"
     )
     assert not Run(out).finished
+
+
+# --- what a resume continues: the saved run's parameters, its safe changes, the same data -------------------
+
+# Every parameter a resume may change (they only record, checkpoint or say how many cores compute), each set to a
+# value that is neither the default nor the stopped run's.
+SAFE_CHANGES = dict(
+    log_every=3,
+    checkpoint_every=7,
+    checkpoint_minutes=2.5,
+    keep_checkpoints=True,
+    save_model=False,
+    num_workers=1,
+    collective_timeout_s=60.0,
+    report_to=["tensorboard"],
+)
+
+
+def test_resume_continues_the_saved_parameters_with_the_safe_changes(stopped):
+    saved = Run(stopped).config
+    changes = {**SAFE_CHANGES, "threads": (saved["threads"] or 1) + 1}
+    # epochs, max_train_samples, ... left at their defaults: not asked for, so the saved run's values stay
+    resumed = resuming.resumed_config(RunConfig(output_dir=str(stopped), resume=True, **changes))
+    assert resumed.to_dict() == {**saved, **changes, "output_dir": str(stopped), "resume": True, "overwrite": False}
+    assert (resumed.epochs, resumed.max_train_samples, resumed.train_batch_size) == (2, 300, 4)
+
+
+def test_a_run_saved_before_a_parameter_existed_resumes_it_as_its_default(stopped, tmp_path):
+    """A config.json without threads or packing (written by an older kit): the run had their defaults, so a
+    safe change is taken and a refused one still refused."""
+    old = _copy(stopped, tmp_path)
+    config = json.loads((old / "config.json").read_text())
+    del config["threads"], config["packing"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert resuming.resumed_config(RunConfig(output_dir=str(old), resume=True, threads=2)).threads == 2
+    with pytest.raises(KitError, match=r"other parameters \(packing False -> True\)"):
+        resuming.resumed_config(RunConfig(output_dir=str(old), resume=True, packing=True))
+
+
+def test_resume_of_a_moved_run_writes_where_it_now_is(stopped, tmp_path):
+    moved = _copy(stopped, tmp_path)
+    resumed = resuming.resumed_config(RunConfig(output_dir=str(moved), resume=True))
+    assert resumed.output_dir == str(moved) and Run(moved).config["output_dir"] == str(stopped)
+
+
+REFUSED_CHANGES = {  # asked: the parameters' part of the message (saved -> asked)
+    "seed": ({"seed": 3}, "seed 0 -> 3"),
+    "max_train_samples": ({"max_train_samples": 200}, "max_train_samples 300 -> 200"),
+    "packing": ({"packing": True}, "packing False -> True"),
+    "two, and a safe one": (
+        {"train_batch_size": 8, "lr": 1e-4, "save_model": False},
+        "train_batch_size 4 -> 8, lr 5e-05 -> 0.0001",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_CHANGES))
+def test_resume_refuses_other_parameters_naming_saved_and_asked_values(case, stopped):
+    asked, listed = REFUSED_CHANGES[case]
+    with pytest.raises(KitError) as error:
+        resuming.resumed_config(RunConfig(output_dir=str(stopped), resume=True, **asked))
+    message = str(error.value)
+    assert message.startswith(f"resume: {stopped / 'config.json'} was started with other parameters ({listed}); ")
+    assert "only log_every, checkpoint_every," in message and "drop the change(s), or start a new run" in message
+
+
+def test_resume_of_a_run_with_a_parameter_unknown_here_names_its_config(stopped, tmp_path):
+    moved = _copy(stopped, tmp_path)
+    saved = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**saved, "warmup_steps": 10}))  # say, from a later version
+    with pytest.raises(KitError) as error:
+        resuming.resumed_config(RunConfig(output_dir=str(moved), resume=True))
+    assert str(error.value).startswith(f"{moved / 'config.json'}: unknown parameter 'warmup_steps'")
+
+
+def test_resume_needs_an_unfinished_run_in_output_dir(reference, tmp_path):
+    for folder in ("", str(tmp_path), str(tmp_path / "absent")):  # none given, an empty folder, no folder
+        with pytest.raises(KitError) as error:
+            resuming.resumed_config(RunConfig(output_dir=folder, resume=True))
+        assert str(error.value) == (
+            f"resume: output_dir {folder or '(empty)'} holds no run to resume; name the interrupted run's folder"
+        )
+    with pytest.raises(KitError, match=r"nothing to resume \(it is finished"):
+        resuming.resumed_config(RunConfig(output_dir=str(reference.folder), resume=True))
+
+
+def test_resume_refuses_data_changed_since_the_run_started(stopped, sst2_dir, tmp_path):
+    moved = Path(shutil.copytree(sst2_dir, tmp_path / "data"))
+    resuming.check_data_unchanged(stopped, str(moved))  # the same files in another folder: matched by name
+    with (moved / "dev.tsv").open("a") as f:
+        f.write("an added sentence\t1\n")
+    with pytest.raises(KitError) as error:
+        resuming.check_data_unchanged(stopped, str(moved))
+    assert str(error.value) == (
+        f"resume: {moved / 'dev.tsv'} changed since the run started (sha256 differs from "
+        f"{stopped / 'manifest.json'}); a resume must train on the same data: restore the file, or start a new run"
+    )

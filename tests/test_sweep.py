@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from distil_kit import Callback, RunConfig, checkpoint, sweep
 from distil_kit.engine import RunInterrupted
 from distil_kit.errors import KitError
+from distil_kit.records import Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -62,7 +64,86 @@ def test_one_run_per_seed_and_the_sweep_record(whole):
     low, high = record["accuracy_mean_interval"]
     assert low < record["accuracy_mean"] < high
     assert record["pass_rate"] == f"{int(table.converged.sum())}/3"
-    assert (out / "sweep.csv").is_file()
+    assert record["target_acc"] == 0.5
+    # each seed's row from its run folder: the accuracy's interval, whether and when it reached the target
+    for seed, row in zip(SEEDS, table.itertuples(), strict=True):
+        run = Run(out / f"seed-{seed}")
+        assert row.run == str(run.folder)
+        assert [row.acc_low, row.acc_high] == run.summary["acc_interval"]
+        assert row.converged == run.summary["converged"]
+        assert row.time_to_target == pytest.approx(run.summary["time_to_target"], nan_ok=True)
+        assert (None if pd.isna(row.epochs_to_target) else row.epochs_to_target) == run.summary["epochs_to_target"]
+    # with a target the seeds reach: the first epoch whose evaluation reached it (419 correct: 0.48 x 872 = 418.6)
+    reached = sweep.seed_table([Run(out / f"seed-{seed}") for seed in SEEDS], 0.48).epochs_to_target.tolist()
+    for seed, epochs in zip(SEEDS, reached, strict=True):
+        evals = Run(out / f"seed-{seed}").evals
+        assert epochs == min(evals.epoch[(evals.epoch > 0) & (evals.correct >= 419)], default=None)
+    # the sweep's folder: its runs and its record, nothing else (no tracker's state without report_to)
+    assert sorted(p.name for p in out.iterdir()) == ["seed-0", "seed-1", "seed-2", "sweep.csv", "sweep.json"]
+    # sweep.csv: the table as returned, time to target first
+    written = pd.read_csv(out / "sweep.csv")
+    assert written.columns[:3].tolist() == ["seed", "time_to_target", "epochs_to_target"]
+    pd.testing.assert_frame_equal(written, table.astype({"time_to_target": float}), check_dtype=False)
+
+
+# Six seeds' runs on 872 dev rows, target 0.9 (785 correct: 0.9 x 872 = 784.8, rounded up); seed 1 missed it.
+TABLE = pd.DataFrame(
+    {
+        "seed": [0, 1, 2, 3, 4, 5],
+        "accuracy": [c / 872 for c in (790, 785, 800, 795, 781, 792)],
+        "converged": [True, False, True, True, True, True],
+        "total": [872] * 6,
+        "epochs_to_target": pd.array([1, None, 2, 3, 3, 2], dtype="Int64"),
+        "time_to_target": [80.0, None, 200.0, 300.0, 120.0, 50.0],
+    }
+)
+
+
+def test_the_sweep_record_summarizes_the_seeds():
+    assert sweep.sweep_record(TABLE, 0.9) == {
+        "seeds": [0, 1, 2, 3, 4, 5],
+        "target_acc": 0.9,
+        "target_correct": 785,
+        "time_to_target_mlperf": 133.333,  # 5 times: 50 and 300 dropped, (80 + 120 + 200) / 3
+        "epochs_to_target": {"min": 1, "median": 2.0, "max": 3},  # of 1, 2, 2, 3, 3
+        "pass_rate": "5/6",
+        "pass_rate_interval": [0.4365, 0.9699],  # Wilson's 95% interval for 5 of 6
+        # mean 0.9065367 and sd 0.0078369 of the six; t interval: mean -+ 2.5706 (t, 5 dof) x sd / sqrt(6)
+        "accuracy_mean": 0.906537,
+        "accuracy_mean_interval": [0.898312, 0.914761],
+        "accuracy_sd": 0.007837,
+    }
+
+
+def test_a_one_seed_sweep_records_no_spread():
+    assert sweep.sweep_record(TABLE.iloc[[1]], 0.9) == {
+        "seeds": [1],
+        "target_acc": 0.9,
+        "target_correct": 785,
+        "time_to_target_mlperf": None,
+        "epochs_to_target": None,
+        "pass_rate": "0/1",
+        "pass_rate_interval": [0.0, 0.7935],  # Wilson's 95% interval for 0 of 1
+        "accuracy_mean": 0.900229,  # 785 / 872
+        "accuracy_mean_interval": None,
+        "accuracy_sd": None,
+    }
+
+
+def test_a_sweep_without_target_records_the_accuracies_only():
+    missed = TABLE.iloc[:2].assign(converged=False, epochs_to_target=None, time_to_target=None)
+    assert sweep.sweep_record(missed, None) == {
+        "seeds": [0, 1],
+        "target_acc": None,
+        "target_correct": None,
+        "time_to_target_mlperf": None,
+        "epochs_to_target": None,
+        "pass_rate": "0/2",
+        "pass_rate_interval": [0.0, 0.6576],  # Wilson's 95% interval for 0 of 2
+        "accuracy_mean": 0.903096,  # (790 + 785) / 2 / 872
+        "accuracy_mean_interval": [0.866668, 0.939525],  # mean -+ 12.706 (t, 1 dof) x sd / sqrt(2)
+        "accuracy_sd": 0.004055,  # 5 / 872 / sqrt(2)
+    }
 
 
 class StopDuringSeed(Callback):
@@ -86,8 +167,15 @@ def test_a_stopped_sweep_continues_where_it_stopped(config, whole, tmp_path, cap
     first = (out / "seed-0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
 
-    table = sweep.run_sweep(cfg, SEEDS)
+    displays = []
+
+    class Display(Callback):  # a progress display, one made for each seed trained
+        def on_run_start(self, trainer):
+            displays.append(trainer.cfg.seed)
+
+    table = sweep.run_sweep(cfg, SEEDS, make_progress=Display)
     assert (out / "seed-0" / "summary.json").stat().st_mtime_ns == first, "a finished seed is not trained again"
+    assert displays == [1, 2]
     assert f"resuming from {out / 'seed-1' / 'checkpoints'}" in capsys.readouterr().out
     # the continued sweep ends where the uninterrupted one did
     assert table[["seed", "correct", "converged"]].equals(whole[1][["seed", "correct", "converged"]])
@@ -120,14 +208,24 @@ def test_seeds_at_once_refuse_bad_counts_and_callbacks(config, tmp_path):
     cfg = config.replace(output_dir=str(tmp_path / "s"))
     with pytest.raises(KitError, match=r"parameter 'concurrent'=0: expected a whole number >= 1"):
         sweep.run_sweep(cfg, SEEDS, concurrent=0)
-    with pytest.raises(KitError, match=r"parameter 'concurrent'=2: seeds trained at once take no callbacks"):
-        sweep.run_sweep(cfg, SEEDS, concurrent=2, callbacks=[Callback()])
+    for seeds in (SEEDS, SEEDS[:2]):
+        with pytest.raises(KitError, match=r"parameter 'concurrent'=2: seeds trained at once take no callbacks"):
+            sweep.run_sweep(cfg, seeds, concurrent=2, callbacks=[Callback()])
     assert not (tmp_path / "s").exists()
 
 
-def test_seeds_must_be_distinct(config, tmp_path):
+def test_seeds_trained_at_once_log_beside_their_run_folders(tmp_path):
+    assert sweep.seed_log(tmp_path / "sweep" / "seed-3") == tmp_path / "sweep" / "logs" / "seed-3.log"
+
+
+def test_a_sweep_needs_distinct_seeds_and_a_folder(config, tmp_path):
     with pytest.raises(sweep.KitError, match=r"parameter 'seeds'=\[1, 1\]: expected distinct whole numbers"):
         sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [1, 1])
+    with pytest.raises(KitError, match=r"^parameter 'seeds'=\[\]: expected distinct whole numbers, at least one$"):
+        sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s")), [])
+    with pytest.raises(KitError, match=r"^parameter 'output_dir': a sweep needs a folder to hold its seed-<s>/ runs"):
+        sweep.run_sweep(config, SEEDS)  # no output_dir
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow
