@@ -100,7 +100,7 @@ def mean_interval(values, confidence: float = CONFIDENCE) -> tuple[float, Interv
     values = np.asarray(values, dtype=float)
     if values.size < 2:
         return float(values.mean()), None
-    if np.ptp(values) == 0:  # no spread over the seeds: the t interval is a point (scipy would give nan)
+    if np.ptp(values) == 0:  # no spread over the seeds: exactly the value (scipy gives a point or float noise)
         return float(values[0]), Interval(float(values[0]), float(values[0]))
     ci = stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
     return float(values.mean()), Interval(float(ci.low), float(ci.high))

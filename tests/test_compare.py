@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from distil_kit import compare
+from distil_kit import compare, stats
 from distil_kit.errors import KitError
 from distil_kit.records import Run
 
@@ -73,21 +73,105 @@ def test_seeds_pair_and_the_rule_passes_a_small_difference(tmp_path):
     assert "PASS (a loss of more than 1 point(s) is excluded)" in result.verdict("plain", "fast")
 
 
-def test_the_rule_fails_a_loss(tmp_path):
+def test_differences_either_way_over_seeds_are_no_evidence(tmp_path):
     runs_a, runs_b = [], []
-    for seed in range(3):
+    for seed, change in enumerate([+2, -1, +1]):  # fast gets 2 rows more right, 1 fewer, 1 more
         a = np.ones(ROWS, dtype=bool)
+        a[:10] = False
         b = a.copy()
-        b[: 20 + seed] = False  # fast loses 2.3-2.5 points at every seed
+        if change > 0:
+            b[:change] = True
+        else:
+            b[20 : 20 - change] = False
         runs_a.append(_run(tmp_path / f"a{seed}", a, seed))
         runs_b.append(_run(tmp_path / f"b{seed}", b, seed))
-    result = compare.paired_over_seeds(runs_a, runs_b)
+    # +0.229, -0.115, +0.115 points: mean 0.076, sd 0.175, t(0.975, 2 df) 4.303: 0.076 +- 0.435
+    assert compare.paired_over_seeds(runs_a, runs_b).verdict("plain", "fast") == (
+        "fast vs plain: +0.08 points on the mean over 3 seeds, 95% interval [-0.36, +0.51]: no evidence of a "
+        "difference; PASS (a loss of more than 1 point(s) is excluded)"
+    )
+
+
+def _losing_runs(tmp_path, seeds=range(3)) -> tuple[list[Run], list[Run]]:
+    """Plain gets every row right; fast gets 20 + seed rows wrong, losing 2.29-2.52 points at each seed."""
+    runs_a, runs_b = [], []
+    for seed in seeds:
+        a = np.ones(ROWS, dtype=bool)
+        b = a.copy()
+        b[: 20 + seed] = False
+        runs_a.append(_run(tmp_path / f"a{seed}", a, seed))
+        runs_b.append(_run(tmp_path / f"b{seed}", b, seed))
+    return runs_a, runs_b
+
+
+def test_the_rule_fails_a_loss(tmp_path):
+    result = compare.paired_over_seeds(*_losing_runs(tmp_path))
     assert not compare.no_loss_beyond(result.interval)
     assert "fast differs; FAIL (a loss of more than 1 point(s) is not excluded)" in result.verdict("plain", "fast")
+    interval, passed, sentence = compare.judged(result.pairs, "plain", "fast")
+    assert interval == result.interval and not passed and sentence == result.verdict("plain", "fast")
+    # the t interval over the 3 seeds, about [-2.70, -2.12], lies above -3: a 3-point margin passes it
+    interval, passed, sentence = compare.judged(result.pairs, "plain", "fast", margin=3)
+    assert passed and sentence.startswith("fast vs plain: -2.41 points on the mean over 3 seeds, 95% interval [")
+    assert sentence.endswith("]: fast differs; PASS (a loss of more than 3 point(s) is excluded)")
 
 
-def test_seeds_in_common_are_needed(tmp_path):
+def test_one_seed_is_judged_on_its_paired_bootstrap_interval(tmp_path):
+    a = np.ones(ROWS, dtype=bool)
+    b = a.copy()
+    b[:8] = False  # 8 rows only plain gets right
+    a[8:10] = False  # 2 only fast: fast loses 6 rows, 0.69 points
+    result = compare.paired(_run(tmp_path / "a", a), _run(tmp_path / "b", b))
+    assert -2 < result.interval.low < -1
+    interval, passed, sentence = compare.judged({0: result}, "plain", "fast")
+    assert interval == result.interval and not passed
+    assert sentence == f"{result.verdict('plain', 'fast')}; FAIL (a loss of more than 1 point(s) is not excluded)"
+    interval, passed, sentence = compare.judged({0: result}, "plain", "fast", margin=2)
+    assert passed and sentence.endswith("; PASS (a loss of more than 2 point(s) is excluded)")
+
+
+@pytest.mark.parametrize(
+    "low, margin, words",
+    [
+        (-0.99, 1.0, "PASS (a loss of more than 1 point(s) is excluded)"),
+        (-1.0, 1.0, "FAIL (a loss of more than 1 point(s) is not excluded)"),  # a loss of exactly the margin
+        (-1.5, 2.0, "PASS (a loss of more than 2 point(s) is excluded)"),
+    ],
+)
+def test_the_rule_passes_an_interval_wholly_above_minus_the_margin(low, margin, words):
+    interval = stats.Interval(low, 0.5)
+    assert compare.no_loss_beyond(interval, margin) == words.startswith("PASS")
+    assert compare.rule(interval, margin) == words
+
+
+def test_two_single_runs_in_words_whatever_their_seeds(tmp_path):
+    runs_a, runs_b = _losing_runs(tmp_path, seeds=[0, 1])
+    result = compare.paired(runs_a[0], runs_b[1])  # fast loses 21 rows: 2.41 points
+    assert compare.in_words(runs_a[:1], runs_b[1:]) == [
+        f"{result.verdict('A', 'B')}; FAIL (a loss of more than 1 point(s) is not excluded)"
+    ]
+    assert result.verdict("A", "B").startswith("B vs A: -2.41 points")
+
+
+def test_runs_over_seeds_in_words_give_each_seed_then_the_verdict(tmp_path):
+    runs_a, runs_b = _losing_runs(tmp_path, seeds=[0, 1])
+    over = compare.paired_over_seeds(runs_a, runs_b)
+    assert compare.in_words(runs_a, runs_b[::-1], "plain", "fast") == [
+        f"seed 0: {over.pairs[0].verdict('plain', 'fast')}",
+        f"seed 1: {over.pairs[1].verdict('plain', 'fast')}",
+        over.verdict("plain", "fast"),
+    ]
+    assert over.pairs[0].verdict("plain", "fast").startswith("fast vs plain: -2.29 points")
+    # one run of plain against two of fast: paired by seed, so seed 0's pair alone, judged on its rows
+    assert compare.in_words(runs_a[:1], runs_b[::-1], "plain", "fast") == [
+        compare.judged({0: over.pairs[0]}, "plain", "fast")[2]
+    ]
+
+
+def test_seeds_must_be_in_common_and_once_a_side(tmp_path):
     a = _run(tmp_path / "a", np.ones(ROWS, dtype=bool), seed=0)
     b = _run(tmp_path / "b", np.ones(ROWS, dtype=bool), seed=1)
     with pytest.raises(KitError, match=r"no seed in common \(\[0\] and \[1\]\)"):
         compare.paired_over_seeds([a], [b])
+    with pytest.raises(KitError, match=r"^paired over seeds: a seed appears twice on one side$"):
+        compare.paired_over_seeds([a, a], [_run(tmp_path / "b0", np.ones(ROWS, dtype=bool), seed=0)])
