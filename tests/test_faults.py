@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -61,6 +62,33 @@ def test_full_disk_during_a_checkpoint_names_no_space(save, tmp_path, monkeypatc
     assert "step-5.pt could not be written: OSError: [Errno 28] No space left on device" in message
     assert "unexpected pos" not in message
     assert list((tmp_path / "checkpoints").iterdir()) == [], "the temporary file is removed"
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_during_a_records_write_keeps_the_last_whole_files(tmp_path, monkeypatch):
+    step = {"step": 1, "epoch": 0.5, "loss": 0.7, "lr": 5e-5, "samples_per_s": 20.0, "tokens_per_s": 500.0}
+    evals = [{"epoch": 1, "step": 2, "accuracy": 0.75, "correct": 3, "total": 4}]
+    records.write_records(tmp_path, [{**step, "elapsed_s": 1.0}], evals)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+    def half_then_full(frame, path, **kwargs):
+        Path(path).write_text("step,epoch,loss\n2,1.0,")
+        _no_space()
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        records.write_records(tmp_path, [{**step, "elapsed_s": 1.0}, {**step, "step": 2, "elapsed_s": 2.0}], evals)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before, "no half file, no temporary file"
+
+
+def test_full_disk_when_creating_the_output_dir_names_no_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(Path, "mkdir", _no_space)
+    with pytest.raises(KitError) as error:
+        records.prepare_output_dir(tmp_path / "run", resume=False, overwrite=False)
+    assert str(error.value) == f"output_dir {tmp_path / 'run'} cannot be created: No space left on device"
 
 
 # --- leftovers of killed writes ----------------------------------------------------------------------------------
