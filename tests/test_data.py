@@ -444,6 +444,15 @@ def _npz_rows(input_ids, attention_mask):
     return lambda t: _npz_folder(t, input_ids=np.array(input_ids), attention_mask=np.array(attention_mask))
 
 
+def _corrupt(path: Path) -> Path:
+    """Flip a byte inside the first stored array of an npz written uncompressed (np.savez)."""
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"\x93NUMPY")  # the first array: magic, version, header length, header, data
+    raw[start + 10 + int.from_bytes(raw[start + 8 : start + 10], "little")] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
 BAD_SOURCES = {
     "missing folder": (lambda t: t / "nope", r"data folder .*nope does not exist"),
     "folder without files": (lambda t: _write(t / "src", "other.txt", ""), r"holds neither train.tsv"),
@@ -521,6 +530,10 @@ BAD_SOURCES = {
     "npz negative id": (  # the id named is the bad one, not the row's largest
         _npz_rows([[101, 102, 0], [101, -1, 102]], [[1, 1, 0], [1, 1, 1]]),
         r"train_dataset.npz: row 1: token id -1 is outside the tokenizer's vocabulary",
+    ),
+    "npz corrupted inside": (  # a whole zip archive whose stored bytes changed: its CRC check fails on reading
+        lambda t: _corrupt(_npz_folder(t) / "dataset" / "train_dataset.npz").parent.parent,
+        r"train_dataset.npz: not a readable npz file \(Bad CRC-32",
     ),
     "npz that is not an npz": (  # not a zip archive: numpy would read it as a pickle and blame pickling
         lambda t: _write(_npz_folder(t) / "dataset", "train_dataset.npz", "<html>not found</html>").parent,
