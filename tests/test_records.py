@@ -412,6 +412,12 @@ BAD_FILES = {  # file, text, the record read, the message after the path: the li
         "predictions",
         ": line 2: prob_pos -2.5 is not a probability in [0, 1]",
     ),
+    "a word for a prediction": (  # a column after the sentence is still read as a number
+        "predictions.csv",
+        PREDICTIONS + "0,a,0,0,0.1\n1,b,1,pos,0.9\n",
+        "predictions",
+        ": line 3: pred 'pos' is not a number",
+    ),
     "a row with extra fields": (
         "steps.csv",
         "step,epoch,loss\n1,0.1,0.7\n2,0.2,0.6,9,9\n",
@@ -440,6 +446,7 @@ def test_a_bad_record_is_named_with_its_line_and_value(case, tmp_path):
 
 def test_finding_runs_says_what_it_needs(tmp_path):
     assert repr(records.Run(Path("runs") / "a")) == "Run('runs/a')"
+    assert records.Run("runs/a").folder / "summary.json" == Path("runs/a/summary.json")  # a str becomes a Path
     with pytest.raises(KitError) as error:
         records.Run.read(tmp_path / "nope")
     assert str(error.value) == f"run folder {tmp_path / 'nope'} does not exist"
