@@ -30,7 +30,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".mutation"
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.yaml")
-COPIED = ["distil_kit", "tests", "benchmarks", "notebooks", "params", "docs", "README.md", "environment.yml", ".ci"]
 SURVIVED = {"survived", "no tests"}  # "no tests": none of the module's tests reaches the function at all
 
 
@@ -55,7 +54,9 @@ def stage(module: str, entry: dict) -> Path:
     """``.mutation/<module>/``: a fresh copy of the project, its pyproject's [tool.mutmut] narrowed to the module."""
     folder = WORK / module
     folder.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
+    text = (REPO / "pyproject.toml").read_text()
+    settings = tomllib.loads(text)["tool"]["mutmut"]
+    for name in ["distil_kit", "tests", *settings["also_copy"]]:  # what mutmut copies on into mutants/
         target = folder / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -63,8 +64,6 @@ def stage(module: str, entry: dict) -> Path:
             shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(REPO / name, target)
-    text = (REPO / "pyproject.toml").read_text()
-    settings = tomllib.loads(text)["tool"]["mutmut"]
     settings |= {
         "source_paths": ["distil_kit"],
         "only_mutate": [f"distil_kit/{module}.py"],
