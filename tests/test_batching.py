@@ -71,6 +71,8 @@ def test_a_packed_batch_holds_whole_sentences_longest_first():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 0, 0, 0, 0, 0, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 0, 0, 0, 0, 0]]
     assert batch.starts.tolist() == [5, 0, 8]  # each sentence's first token in the flattened [2 * 8] rows
+    integers = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.starts)
+    assert {t.dtype for t in integers} == {torch.int64}
     assert batch.labels.tolist() == [0, 1, 0] and batch.idx.tolist() == [1000, 1001, 1002]
     assert batch.weight.tolist() == [0.25, 0.25, 0.0] and batch.weight.dtype == torch.float32
     assert (batch.n_rows, batch.n_tokens) == (2, 8)  # the filler sentence is not counted
@@ -180,17 +182,25 @@ def test_the_training_loader_gives_the_samplers_micro_batches_without_touching_t
 
 
 def test_each_batch_shape_a_run_will_train_is_known_ahead():
+    """What CUDA graphs capture ahead: one batch of each shape the loader gives over the epochs left (a resumed
+    epoch's skipped micro-batches not among them), first come first, each the loader's own batch of that shape; the
+    sampler left where the run goes on."""
     split = _split([(7 * i) % 30 + 2 for i in range(40)], 32)
     cfg = RunConfig.from_dict(
-        {"train_batch_size": 16, "micro_batch_size": 16, "bucket_batches": True, "pad_to_multiple_of": 8}
+        {"train_batch_size": 4, "gradient_accumulation_steps": 4, "micro_batch_size": 4}
+        | {"bucket_batches": True, "pad_to_multiple_of": 8}
     )
     sampler, loader = train_loader(split, cfg)
-    seen = {}
-    for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            seen.setdefault(shape(batch), batch)
-    ahead = batches_of_each_shape(loader, range(2))
-    assert [shape(b) for b in ahead] == list(seen)
-    assert all(torch.equal(a.idx, b.idx) for a, b in zip(ahead, seen.values(), strict=True))
-    assert (sampler.epoch, sampler.skip) == (0, 0)
+    assert (sampler.rank, sampler.world_size, loader.pin_memory) == (0, 1, False)  # one process, pageable memory
+    for epochs, skip in [(range(2), 0), (range(1, 3), 2), (range(1, 3), 9)]:
+        seen = {}
+        for epoch in epochs:
+            sampler.set_epoch(epoch, skip=skip if epoch == epochs.start else 0)
+            for batch in loader:
+                seen.setdefault(shape(batch), batch)
+        ahead = batches_of_each_shape(loader, epochs, skip=skip)
+        assert [shape(b) for b in ahead] == list(seen)
+        assert all(torch.equal(a.idx, b.idx) for a, b in zip(ahead, seen.values(), strict=True))
+        assert (sampler.epoch, sampler.skip) == (epochs.start, skip)
+    assert len(seen) > 3 and len({rows for rows, _ in seen}) > 1  # several widths, the short last step among them
+    assert batches_of_each_shape(loader, range(3, 3)) == []

@@ -200,35 +200,6 @@ def test_bucketing_sorts_within_steps_and_keeps_every_steps_rows():
     assert width(bucketed) < 0.8 * width(plain)
 
 
-def test_the_shapes_of_a_run_are_known_before_it_trains(small_tsv, tokenizer):
-    """What CUDA graphs capture ahead: one batch of each shape the loader gives over the epochs left (a resumed
-    epoch's skipped batches not among them), first come first, each the loader's own batch of that shape."""
-    from distil_kit.batching import batches_of_each_shape, train_loader
-    from distil_kit.config import RunConfig
-
-    split = tokenize(data.load_sst2(small_tsv)["train"], tokenizer, padding="max_length")
-    cfg = RunConfig.from_dict(
-        dict(micro_batch_size=64, train_batch_size=64, bucket_batches=True, pad_to_multiple_of=8, seed=3)
-    )
-    sampler, loader = train_loader(split, cfg)
-    seen = []  # (epoch, shape, batch) of every batch the loader gives over epochs 1 and 2, the first 2 skipped
-    for epoch in (1, 2):
-        sampler.set_epoch(epoch, skip=2 if epoch == 1 else 0)
-        seen += [(epoch, tuple(b.input_ids.shape), b) for b in loader]
-    first = {}
-    for _, shape, batch in seen:
-        first.setdefault(shape, batch)
-    ahead = batches_of_each_shape(loader, range(1, 3), skip=2)
-    assert [tuple(b.input_ids.shape) for b in ahead] == list(first)
-    assert len(first) > 2 and len({w for _, w in first}) > 1  # several widths, and the short last step's rows
-    assert all(
-        torch.equal(a.input_ids, b.input_ids) and torch.equal(a.weight, b.weight)
-        for a, b in zip(ahead, first.values(), strict=True)
-    )
-    assert (sampler.epoch, sampler.skip) == (1, 2)  # left where the run goes on
-    assert batches_of_each_shape(loader, range(3, 3)) == []
-
-
 def test_hub_source_through_datasets(monkeypatch):
     import datasets
 
