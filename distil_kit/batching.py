@@ -61,9 +61,9 @@ class TrimCollate:
         """A batch's width: its longest row rounded up to the multiple, never wider than the split's rows."""
         return min(padded_width, math.ceil(longest / self.multiple) * self.multiple)
 
-    def shape(self, lengths, padded_width: int) -> tuple[int, int]:
-        """The ``input_ids`` shape of a batch of rows of these lengths."""
-        return len(lengths), self.width(int(max(lengths)), padded_width)
+    def shape(self, lengths, padded_width: int) -> tuple:
+        """``shape`` of the batch of rows of these lengths."""
+        return (len(lengths), self.width(int(max(lengths)), padded_width)), (len(lengths),)
 
     def __call__(self, rows) -> Batch:
         ids, mask, label, idx, weight = zip(*rows, strict=True)
@@ -87,25 +87,34 @@ class PackCollate:
     """Rows of a split (``batching.SplitDataset`` items) into one packed ``Batch``: ``input_ids`` [R, width] with
     the sentences end to end, ``attention_mask`` the segment of each token (1, 2, ... within its row; 0 for
     padding), ``position_ids`` from 0 in each sentence, ``starts`` each sentence's first token as a flat index
-    into [R * width]; ``labels``, ``idx`` and ``weight`` per sentence, in the rows' order."""
+    into [R * width]; ``labels``, ``idx`` and ``weight`` per sentence, in the rows' order.
 
-    def __init__(self, width: int):
-        self.width = width
+    With ``rows`` and ``sentences`` every batch has that shape (``fixed``): empty rows after the packed ones, and
+    filler sentences after the real ones (weight 0, idx -1, reading the first token), so one CUDA graph serves
+    every step of a run, its short last step included."""
 
-    def shape(self, lengths, padded_width: int) -> tuple[int, int]:
-        """The packed ``input_ids`` shape of sentences of these lengths (``padded_width`` unused: the width is
-        the run's)."""
-        return len(bins(lengths, self.width)), self.width
+    def __init__(self, width: int, rows: int | None = None, sentences: int | None = None):
+        self.width, self.rows, self.sentences = width, rows, sentences
+
+    def shape(self, lengths, padded_width: int) -> tuple:
+        """``shape`` of the batch of sentences of these lengths (``padded_width`` unused: the width is the run's)."""
+        rows = self.rows or len(bins(lengths, self.width))
+        return (rows, self.width), (self.sentences or len(lengths),)
 
     def __call__(self, rows) -> Batch:
+        if self.sentences is not None and len(rows) > self.sentences:
+            raise ValueError(f"{len(rows)} sentences for a packed batch of {self.sentences}")
         ids, mask, label, idx, weight = zip(*rows, strict=True)
         lengths = [int(m.sum()) for m in mask]
         groups = bins(lengths, self.width)
-        shape = (len(groups), self.width)
+        if self.rows is not None and len(groups) > self.rows:
+            raise ValueError(f"the sentences pack into {len(groups)} rows, more than the batch's {self.rows}")
+        shape = (self.rows or len(groups), self.width)
+        filler = (self.sentences or len(rows)) - len(rows)
         input_ids = np.zeros(shape, dtype=np.int64)
         segments = np.zeros(shape, dtype=np.int64)
         positions = np.zeros(shape, dtype=np.int64)
-        starts = np.zeros(len(rows), dtype=np.int64)
+        starts = np.zeros(len(rows) + filler, dtype=np.int64)
         for r, members in enumerate(groups):
             at = 0
             for segment, i in enumerate(members, start=1):
@@ -115,16 +124,16 @@ class PackCollate:
                 positions[r, at : at + n] = np.arange(n)
                 starts[i] = r * self.width + at
                 at += n
-        weight = np.asarray(weight, dtype=np.float32)
+        weight = np.asarray(weight + (0.0,) * filler, dtype=np.float32)
         real = weight > 0
         return Batch(
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(segments),
-            labels=torch.as_tensor(np.asarray(label, dtype=np.int64)),
-            idx=torch.as_tensor(np.asarray(idx, dtype=np.int64)),
+            labels=torch.as_tensor(np.asarray(label + (0,) * filler, dtype=np.int64)),
+            idx=torch.as_tensor(np.asarray(idx + (-1,) * filler, dtype=np.int64)),
             weight=torch.from_numpy(weight),
             n_rows=int(real.sum()),
-            n_tokens=int(np.asarray(lengths)[real].sum()),
+            n_tokens=int(np.asarray(lengths + [0] * filler)[real].sum()),
             position_ids=torch.from_numpy(positions),
             starts=torch.from_numpy(starts),
         )
@@ -218,12 +227,23 @@ def batches_of_each_shape(loader, epochs: range, skip: int = 0) -> list[Batch]:
     for epoch in epochs:
         sampler.set_epoch(epoch, skip=skip if epoch == epochs.start else 0)
         for keys in sampler:
-            shape = (collate.shape(lengths[[row for row, _ in keys]], padded_width), (len(keys),))
+            shape = collate.shape(lengths[[row for row, _ in keys]], padded_width)
             if shape not in found:
                 found[shape] = collate([dataset[key] for key in keys])
     if epochs:
         sampler.set_epoch(epochs.start, skip=skip)
     return list(found.values())
+
+
+def most_packed_rows(sampler: EpochBatches, width: int, epochs: range) -> int:
+    """The most rows of ``width`` any of ``sampler``'s micro-batches over ``epochs`` packs into; the sampler is
+    left at the first of ``epochs``."""
+    most = 0
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        most = max([most, *(len(bins(sampler.lengths[[row for row, _ in keys]], width)) for keys in sampler)])
+    sampler.set_epoch(epochs.start)
+    return most
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
@@ -250,10 +270,16 @@ def train_loader(split: Split, cfg, rank: int = 0, world_size: int = 1, pin_memo
         rank=rank,
         world_size=world_size,
     )
+    collate = collate_for(split, cfg)
+    if cfg.packing and cfg.cuda_graphs:
+        # One shape for the whole run (every epoch's, so a resumed run has the same), known from the seeded order
+        # before training: one CUDA graph serves every step, the short last step included.
+        rows = most_packed_rows(sampler, collate.width, range(cfg.epochs))
+        collate = PackCollate(collate.width, rows, cfg.micro_batch_size)
     loader = torch.utils.data.DataLoader(
         SplitDataset(split),
         batch_sampler=sampler,
-        collate_fn=collate_for(split, cfg),
+        collate_fn=collate,
         num_workers=cfg.num_workers,
         pin_memory=pin_memory,
         persistent_workers=cfg.num_workers > 0,

@@ -14,11 +14,13 @@ from distil_kit.batching import (
     batches_of_each_shape,
     collate_for,
     eval_batches,
+    most_packed_rows,
     shape,
     tensors,
     train_loader,
 )
 from distil_kit.data import Split
+from distil_kit.packing import bins
 
 
 def _split(lengths: list[int], width: int) -> Split:
@@ -52,7 +54,7 @@ def test_a_trimmed_batch_is_as_wide_as_its_longest_row_rounded_up(multiple, widt
     split = _split([3, 5, 2], 9)
     collate = TrimCollate(multiple)
     batch = collate(_rows(split, [(0, 0.5), (1, 0.5), (2, 0.0)]))  # the last: a filler row of weight 0
-    assert batch.input_ids.shape == collate.shape(split.lengths, 9) == (3, width)
+    assert (batch.input_ids.shape, batch.labels.shape) == collate.shape(split.lengths, 9) == ((3, width), (3,))
     assert torch.equal(batch.input_ids, torch.as_tensor(split.input_ids[:, :width]))
     assert torch.equal(batch.attention_mask, torch.as_tensor(split.attention_mask[:, :width]))
     assert batch.labels.tolist() == [0, 1, 0] and batch.idx.tolist() == [1000, 1001, 1002]
@@ -66,7 +68,7 @@ def test_a_packed_batch_holds_whole_sentences_longest_first():
     split = _split([3, 5, 2], 9)
     collate = PackCollate(8)
     batch = collate(_rows(split, [(0, 0.25), (1, 0.25), (2, 0.0)]))
-    assert batch.input_ids.shape == collate.shape(split.lengths, 9) == (2, 8)
+    assert (batch.input_ids.shape, batch.labels.shape) == collate.shape(split.lengths, 9) == ((2, 8), (3,))
     assert batch.input_ids.tolist() == [[101, 102, 103, 104, 105, 1, 2, 3], [201, 202, 0, 0, 0, 0, 0, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 0, 0, 0, 0, 0, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 0, 0, 0, 0, 0]]
@@ -76,7 +78,23 @@ def test_a_packed_batch_holds_whole_sentences_longest_first():
     assert batch.labels.tolist() == [0, 1, 0] and batch.idx.tolist() == [1000, 1001, 1002]
     assert batch.weight.tolist() == [0.25, 0.25, 0.0] and batch.weight.dtype == torch.float32
     assert (batch.n_rows, batch.n_tokens) == (2, 8)  # the filler sentence is not counted
-    assert collate.shape([5, 5, 5, 2], 9) == (3, 8)
+    assert collate.shape([5, 5, 5, 2], 9) == ((3, 8), (4,))
+
+
+def test_a_packed_batch_of_a_fixed_shape_adds_empty_rows_and_filler_sentences():
+    split = _split([3, 5, 2], 9)
+    collate = PackCollate(8, rows=4, sentences=5)
+    batch = collate(_rows(split, [(0, 0.25), (1, 0.25), (2, 0.5)]))
+    assert (batch.input_ids.shape, batch.labels.shape) == collate.shape([3, 5], 9) == ((4, 8), (5,))
+    assert batch.input_ids.tolist()[:2] == [[101, 102, 103, 104, 105, 1, 2, 3], [201, 202, 0, 0, 0, 0, 0, 0]]
+    assert batch.input_ids[2:].eq(0).all() and batch.attention_mask[2:].eq(0).all()  # empty rows: padding only
+    assert batch.starts.tolist() == [5, 0, 8, 0, 0] and batch.idx.tolist() == [1000, 1001, 1002, -1, -1]
+    assert batch.labels.tolist() == [0, 1, 0, 0, 0] and batch.weight.tolist() == [0.25, 0.25, 0.5, 0.0, 0.0]
+    assert (batch.n_rows, batch.n_tokens) == (3, 10)
+    with pytest.raises(ValueError, match="pack into 3 rows, more than the batch's 2"):
+        PackCollate(8, rows=2, sentences=5)(_rows(split, [1, 1, 1, 2]))
+    with pytest.raises(ValueError, match="4 sentences for a packed batch of 3"):
+        PackCollate(8, rows=4, sentences=3)(_rows(split, [0, 1, 2, 2]))
 
 
 def test_a_step_reads_a_batchs_tensors_and_is_compiled_per_shape():
@@ -179,6 +197,32 @@ def test_the_training_loader_gives_the_samplers_micro_batches_without_touching_t
     assert not loader.pin_memory and loader.num_workers == 0 and not loader.persistent_workers
     _, workers = train_loader(split, cfg.replace(num_workers=1), pin_memory=True)
     assert workers.pin_memory and workers.num_workers == 1 and workers.persistent_workers
+
+
+def test_a_packed_run_on_graphs_has_one_shape_its_most_packed_rows():
+    """CUDA graphs and packing: every micro-batch of every epoch has one shape, the short last step's too."""
+    split = _split([(7 * i) % 30 + 2 for i in range(40)], 32)
+    cfg = RunConfig.from_dict(
+        {"train_batch_size": 16, "micro_batch_size": 16, "epochs": 3, "seed": 5} | {"packing": True}
+    )
+    sampler, loader = train_loader(split, cfg.replace(cuda_graphs=True))
+    most = max(
+        len(bins(split.lengths[[row for row, _ in keys]], 32))
+        for epoch in range(3)
+        for keys in (sampler.set_epoch(epoch) or list(sampler))
+    )
+    sampler.set_epoch(1, skip=1)
+    assert most_packed_rows(sampler, 32, range(3)) == most and (sampler.epoch, sampler.skip) == (0, 0)
+    shapes, sentences = set(), 0
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            shapes.add(shape(batch))
+            sentences += batch.n_rows
+    assert shapes == {((most, 32), (16,))} and sentences == 3 * 40  # steps of 16, 16 and 8 rows
+    assert batches_of_each_shape(loader, range(3)) and len(batches_of_each_shape(loader, range(3))) == 1
+    _, eager = train_loader(split, cfg)  # without graphs, shapes as the sentences need
+    assert len({shape(b) for b in eager}) > 1
 
 
 def test_each_batch_shape_a_run_will_train_is_known_ahead():

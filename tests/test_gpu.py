@@ -208,6 +208,25 @@ def test_graphed_run_resumes_like_the_uninterrupted_run(tiny_model, sst2_dir, tm
     assert resumed.steps.lr.tolist() == pytest.approx(reference.steps.lr.tolist(), rel=1e-6)
 
 
+def test_a_packed_graphed_run_has_one_shape_and_trains_as_eager(still_model, sst2_dir, tmp_path, monkeypatch):
+    """Packed and graphed: one capture for the whole run (the short last step padded to the run's shape with empty
+    rows and filler sentences), the same losses and dev counts as the packed eager run (dropout off: the layouts
+    differ, so dropout would draw differently)."""
+    from distil_kit import graphed_step
+
+    captures = []
+    capture = graphed_step.GraphedStep._capture
+    monkeypatch.setattr(graphed_step.GraphedStep, "_capture", lambda self, b: captures.append(b) or capture(self, b))
+    common = dict(max_train_samples=500, train_batch_size=64, log_every=1, packing=True, precision="fp32", epochs=2)
+    eager = finetune(_config(still_model, sst2_dir, tmp_path / "eager", cuda_graphs=False, **common))
+    graphed = finetune(_config(still_model, sst2_dir, tmp_path / "graphed", cuda_graphs=True, **common))
+    assert len(captures) == 1 and graphed.config["cuda_graphs"] and graphed.summary["steps"] == 16  # 8 of 64, 500
+    assert graphed.steps.loss.tolist() == pytest.approx(eager.steps.loss.tolist(), rel=1e-4)
+    assert (graphed.evals.correct - eager.evals.correct).abs().max() <= 1
+    assert graphed.summary["train_padded_tokens"] > eager.summary["train_padded_tokens"]  # the empty rows computed
+    _report("packed-graphed-vs-eager", packing_efficiency=graphed.summary["packing_efficiency"])
+
+
 def test_graphs_around_a_compiled_model(tiny_model, sst2_dir, tmp_path):
     run = finetune(
         _config(tiny_model, sst2_dir, tmp_path / "compiled", fast=True, compile=True, max_train_samples=512)

@@ -43,9 +43,13 @@ def still_bert(tmp_path_factory, tiny_model):
     return folder
 
 
-def _batches(split, rows, width):
+def _batches(split, rows, width, fixed=False):
+    """The rows trimmed and packed; ``fixed``: packed to a run's fixed shape (3 empty rows, 5 filler sentences)."""
     items = [SplitDataset(split)[i] for i in rows]
-    return TrimCollate()(items), PackCollate(width)(items)
+    packed = PackCollate(width)(items)
+    if fixed:
+        packed = PackCollate(width, packed.input_ids.shape[0] + 3, len(items) + 5)(items)
+    return TrimCollate()(items), packed
 
 
 def _logits(model, batch, packed):
@@ -97,13 +101,14 @@ def test_packed_logits_of_the_real_pretrained_minilm(dev, minilm_dir):
         torch.testing.assert_close(_logits(model, packed, True), _logits(model, padded, False), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["packed", "packed-to-a-fixed-shape"])
 @pytest.mark.parametrize("family", ["distilbert", "bert"])
-def test_a_packed_step_has_the_padded_steps_loss_and_gradients(family, dev, still_model, still_bert):
+def test_a_packed_step_has_the_padded_steps_loss_and_gradients(family, fixed, dev, still_model, still_bert):
     from distil_kit.step import batch_loss, nullcontext
 
     model = AutoModelForSequenceClassification.from_pretrained(still_model if family == "distilbert" else still_bert)
     model.train()  # dropout 0: training mode computes what eval mode does
-    padded, packed = _batches(dev, range(200, 232), 72)
+    padded, packed = _batches(dev, range(200, 232), 72, fixed)
     grads, losses = [], []
     for batch, scored in ((padded, model), (packed, PackedClassifier(model))):
         model.zero_grad()
