@@ -11,8 +11,8 @@
 #   model    a random-initialized DistilBERT-base built from its config (tiny with --dry-run)
 #   pytest   pytest -m gpu: graphed vs eager steps (fp32, bf16, fused capturable AdamW, base size), no host sync in
 #            steady-state steps, SIGINT-and-resume equal to the uninterrupted run, torchrun, compile
-#   ten      FlagPerf's 10 epochs of the fast recipe (params/fast.yaml) on all of SST-2, target off
-#   packed   the same with packing: true (whole sentences end to end, no padding computed)
+#   ten      FlagPerf's 10 epochs of the fast recipe (params/fast.yaml), padded (packing: false), all of SST-2, target off
+#   packed   the same packed, the fast default (whole sentences end to end, no padding computed)
 #   bench    benchmarks/bench.py at the 256 recipe, variants a-e, p, q (a with TF32 and a-fp32 strict)
 #   seeds    one seed alone, then 5 seeds at once (--concurrent 5), one epoch each on all of SST-2
 #   summary  benchmarks/gpu_summary.py: every part's figures against the GPU issue's targets, in one JSON
@@ -122,7 +122,7 @@ fast_run() { # fast_run ARGS...: the kit's fast recipe (params/fast.yaml) on the
 }
 
 ten_part() {
-    fast_run --set output_dir="$WORK/ten" "${SIZE[@]}"
+    fast_run --set output_dir="$WORK/ten" --set packing=false "${SIZE[@]}"
     local rc=$?
     keep_run "$WORK/ten" "$R/ten-epochs"
     return $rc

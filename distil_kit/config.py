@@ -73,7 +73,9 @@ class RunConfig:
         False, "FlagPerf's own computation, bit for bit (docs/recipe.md); false: the kit's recipe"
     )
     bucket_batches: bool | None = _p(None, "group rows of similar length into batches; default: fast, unless packing")
-    packing: bool = _p(False, "whole sentences end to end in rows of one width: no padding (DistilBERT, BERT)")
+    packing: bool | None = _p(
+        None, "whole sentences end to end in rows of one width: no padding; default: fast, for DistilBERT and BERT"
+    )
     pad_to_multiple_of: int | None = _p(None, "round each batch's width up to a multiple; default 8 if fast, else 1")
     fused_adamw: bool | None = _p(None, "fused AdamW kernel (CPU or GPU); default: fast")
     compile: bool = _p(

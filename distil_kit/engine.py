@@ -496,7 +496,7 @@ def finetune(
         device = resolve_device(cfg.device, world)
         # micro_batch_size null (auto) and fused on a GPU: the whole step if it fits (a resumed run keeps its own)
         fit_micro = cfg.micro_batch_size is None and fuses_steps(cfg, device)
-        cfg = resolve_config(cfg, device, world.size)
+        cfg = resolve_config(cfg, device, world.size, say=print if world.main else lambda _: None)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         out = Path(cfg.output_dir)
         records.check_folder_path(out, "output_dir")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, graphed_step, records
+from . import distributed, graphed_step, packing, records
 from .config import RunConfig
 from .errors import KitError
-from .modeling import DEFAULT_MODEL
+from .modeling import DEFAULT_MODEL, model_folder, model_type
 
 
 def resolve_device(name: str, world: distributed.World | None = None) -> torch.device:
@@ -38,13 +38,29 @@ def fuses_steps(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.fast and device.type == "cuda"
 
 
-def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) -> RunConfig:
+def resolve_packing(cfg: RunConfig, model: str, say=print) -> bool:
+    """``packing`` null: on with ``fast`` where the model's family is one packing knows; another family trains
+    padded, and ``say`` tells so in one line."""
+    if cfg.packing is not None:
+        return cfg.packing
+    if not cfg.fast:
+        return False
+    model_folder(model)  # a missing or broken model named in one line before its config is read
+    kind = model_type(model)
+    if not packing.supported(kind):
+        known = " and ".join(packing.FAMILIES)
+        say(f"packing: off ({model} is a {kind} model; packing knows {known}): it trains padded")
+    return packing.supported(kind)
+
+
+def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1, say=print) -> RunConfig:
     """Fill every run-time default (model, output folder, micro-batch size, the fast switches, precision, CPU
-    threads) so config.json is whole."""
+    threads) so config.json is whole. ``say``: where a line about a default goes (the main process prints)."""
     model = cfg.model
     if model is None:
         folder = Path(cfg.data_dir) / "model" if cfg.data_dir else None
         model = str(folder) if folder is not None and folder.is_dir() else DEFAULT_MODEL
+    packed = resolve_packing(cfg, model, say)
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
     # Fused accumulation: on a GPU the fast path trains each optimizer step's rows as one micro-batch (one launch,
     # or one graph replay, per step; the same mean loss). A CPU's time follows the padded tokens, and one
@@ -59,8 +75,9 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1) ->
         output_dir=cfg.output_dir or records.default_output_dir(),
         precision=precision,
         micro_batch_size=micro,
+        packing=packed,
         # packed, a micro-batch's rows of mixed lengths fill the rows better than rows of one length
-        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast and not cfg.packing,
+        bucket_batches=cfg.bucket_batches if cfg.bucket_batches is not None else cfg.fast and not packed,
         pad_to_multiple_of=cfg.pad_to_multiple_of or (8 if cfg.fast else 1),
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cfg.fast,
         cuda_graphs=cfg.cuda_graphs if cfg.cuda_graphs is not None else cfg.fast and graphs_fit,

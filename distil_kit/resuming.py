@@ -32,6 +32,10 @@ SAFE_TO_CHANGE = (
 )
 
 
+# Parameters whose default changed since they were added: a saved run without them ran with these.
+BEFORE_IT_EXISTED = {"packing": False}
+
+
 def resumed_config(given: RunConfig) -> RunConfig:
     """The saved run's config (``<output_dir>/config.json``) with the safe changes of ``given``; a KitError for
     any other change, or for a folder with no run to resume."""
@@ -43,8 +47,8 @@ def resumed_config(given: RunConfig) -> RunConfig:
         )
     records.check_unfinished(saved_path.parent)
     default, asked = RunConfig().to_dict(), given.to_dict()
-    # a parameter newer than the saved run: the run had its default
-    saved = {**default, **records.Run(saved_path.parent).config}
+    # a parameter newer than the saved run: the run had its default, the one of its time where that has changed
+    saved = {**default, **BEFORE_IT_EXISTED, **records.Run(saved_path.parent).config}
     changed = [
         name
         for name, value in asked.items()

@@ -217,14 +217,23 @@ def test_same_seed_same_losses_other_seed_differs(tiny_run, tmp_path):
 def test_fast_mode_on_cpu_switches_and_keeps_the_recipe(tiny_run, tmp_path):
     plain = tiny_run(output_dir=str(tmp_path / "plain"))
     fast = tiny_run(output_dir=str(tmp_path / "fast"), fast=True)
-    switches = ["bucket_batches", "pad_to_multiple_of", "fused_adamw", "precision", "compile", "cuda_graphs"]
-    assert [plain.config[k] for k in switches] == [False, 1, False, "fp32", False, False]
-    assert [fast.config[k] for k in switches] == [True, 8, True, fast_precision(torch.device("cpu")), False, False]
+    switches = [
+        "packing",
+        "bucket_batches",
+        "pad_to_multiple_of",
+        "fused_adamw",
+        "precision",
+        "compile",
+        "cuda_graphs",
+    ]
+    assert [plain.config[k] for k in switches] == [False, False, 1, False, "fp32", False, False]
+    cpu_precision = fast_precision(torch.device("cpu"))
+    assert [fast.config[k] for k in switches] == [True, False, 8, True, cpu_precision, False, False]  # packed
     # Same rows, same number of optimizer steps, same schedule: only how the batches are formed and run changes.
     for key in ("train_samples", "train_tokens", "steps"):
         assert fast.summary[key] == plain.summary[key]
     assert fast.steps.lr.tolist() == pytest.approx(plain.steps.lr.tolist())
-    assert fast.steps.loss.tolist() != plain.steps.loss.tolist()  # other batches: bucketed by length
+    assert fast.steps.loss.tolist() != plain.steps.loss.tolist()  # other precision and batches: packed
 
 
 @pytest.mark.parametrize(
@@ -603,7 +612,7 @@ def test_cuda_graphs_default_only_where_a_step_can_be_captured():
     from distil_kit.resolve import resolve_config
 
     cuda = torch.device("cuda")  # resolve_config only reads the device type: no GPU needed
-    fast = RunConfig.from_dict({"fast": True, "precision": "bf16", "output_dir": "unused"})
+    fast = RunConfig.from_dict({"fast": True, "precision": "bf16", "output_dir": "unused", "packing": False})
     assert resolve_config(fast, cuda).cuda_graphs and not resolve_config(fast, cuda).compile
     for changes, world in [
         ({"num_workers": 2}, 1),

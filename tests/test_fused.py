@@ -73,13 +73,14 @@ def test_fast_on_a_cpu_accumulates_the_steps_rows_sorted_into_micro_batches(stil
             train_batch_size=32,
             gradient_accumulation_steps=8,
             fast=True,
+            packing=False,
             target_acc=None,
             save_model=False,
             device="cpu",
             output_dir=str(tmp_path / "fast"),
         )
     )
-    # On a CPU one micro-batch would pad the whole step to its longest row (the GPU's fused step: test_engine)
+    # Padded on a CPU, one micro-batch would pad the whole step to its longest row (the GPU's fused step: test_engine)
     assert run.config["micro_batch_size"] == 32 and run.config["bucket_batches"] and run.summary["steps"] == 2
     assert run.summary["global_batch_size"] == 256 and run.summary["train_samples"] == 512
 

@@ -13,6 +13,7 @@ from distil_kit.data import load_sst2
 from distil_kit.errors import KitError
 from distil_kit.packing import PackedClassifier, bins, pack_width
 from distil_kit.preprocess import tokenize
+from distil_kit.resolve import resolve_packing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,7 +140,7 @@ def test_a_packed_run_trains_and_scores_as_the_padded_run(still_model, sst2_dir,
         fast=True,
         precision="fp32",
     )
-    padded = finetune(RunConfig.from_dict({**common, "output_dir": str(tmp_path / "padded")}))
+    padded = finetune(RunConfig.from_dict({**common, "output_dir": str(tmp_path / "padded"), "packing": False}))
     packed = finetune(RunConfig.from_dict({**common, "output_dir": str(tmp_path / "packed"), "packing": True}))
     assert packed.config["packing"] and not packed.config["bucket_batches"]
     assert packed.steps.lr.tolist() == padded.steps.lr.tolist()
@@ -151,15 +152,39 @@ def test_a_packed_run_trains_and_scores_as_the_padded_run(still_model, sst2_dir,
     assert s["packing_efficiency"] > 0.85 > p["packing_efficiency"]
 
 
-def test_packing_refuses_a_model_family_it_does_not_know(tmp_path, tiny_model, sst2_dir):
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory, tiny_model):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    folder = tmp_path / "roberta"
+    folder = tmp_path_factory.mktemp("roberta")
     config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=2)
     RobertaForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
-    cfg = dict(model=str(folder), data_dir=str(sst2_dir), output_dir=str(tmp_path / "run"), packing=True)
+    return folder
+
+
+def test_packing_is_the_fast_default_for_the_families_it_knows(tiny_model, still_bert, roberta):
+    said = []
+    for model, fast, packing, packed in [
+        (tiny_model, True, None, True),  # DistilBERT
+        (still_bert, True, None, True),
+        (roberta, True, None, False),
+        (tiny_model, False, None, False),  # the plain path pads
+        (tiny_model, True, False, False),
+        (tiny_model, False, True, True),
+    ]:
+        cfg = RunConfig.from_dict({"fast": fast, "packing": packing})
+        assert resolve_packing(cfg, str(model), said.append) is packed, (model, fast, packing)
+    known = "packing knows distilbert and bert"
+    assert said == [f"packing: off ({roberta} is a roberta model; {known}): it trains padded"]
+
+
+def test_packing_refuses_a_model_family_it_does_not_know(tmp_path, roberta, sst2_dir, capsys):
+    cfg = dict(model=str(roberta), data_dir=str(sst2_dir), device="cpu", max_train_samples=64, save_model=False)
     with pytest.raises(
         KitError, match=r"^parameter 'packing'=true: packs distilbert and bert models; .* is a roberta"
     ):
-        finetune(RunConfig.from_dict({**cfg, "device": "cpu", "max_train_samples": 64}))
+        finetune(RunConfig.from_dict({**cfg, "output_dir": str(tmp_path / "asked"), "packing": True}))
+    run = finetune(RunConfig.from_dict({**cfg, "output_dir": str(tmp_path / "default"), "fast": True}))
+    assert run.config["packing"] is False and run.config["bucket_batches"] and run.summary["packing_efficiency"] < 0.9
+    assert "packing: off (" in capsys.readouterr().out

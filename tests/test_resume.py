@@ -427,6 +427,7 @@ def test_a_run_saved_before_a_parameter_existed_resumes_it_as_its_default(stoppe
     del config["threads"], config["packing"]
     (old / "config.json").write_text(json.dumps(config))
     assert resuming.resumed_config(RunConfig(output_dir=str(old), resume=True, threads=2)).threads == 2
+    assert resuming.resumed_config(RunConfig(output_dir=str(old), resume=True)).packing is False  # not today's null
     with pytest.raises(KitError, match=r"other parameters \(packing False -> True\)"):
         resuming.resumed_config(RunConfig(output_dir=str(old), resume=True, packing=True))
 
