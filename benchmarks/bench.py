@@ -90,7 +90,7 @@ from common import (  # noqa: E402
 from measure import Contention, PeakMemory, environment, matmul_tflops, sync, trim_heap  # noqa: E402
 
 from distil_kit.errors import KitError  # noqa: E402
-from distil_kit.resolve import resolve_config, resolve_device  # noqa: E402
+from distil_kit.resolve import fast_precision, resolve_device  # noqa: E402
 
 VARIANTS = {
     "a": "FlagPerf as it ran (pad 512, 32 x 8)",
@@ -443,7 +443,7 @@ def benchmark(args) -> pd.DataFrame:
     variants = parse_variants(args.variants)
     fast_set, fast_cfg = fast_settings(args.fast_set)
     # b in bf16 exactly where d runs in bf16 (the kit's own resolution), so no ratio rests on precision alone
-    fast_bf16 = resolve_config(fast_cfg, device).precision == "bf16"
+    fast_bf16 = (fast_cfg.precision or fast_precision(device)) == "bf16"
     tokenizer = args.tokenizer or minilm_folder()
     tmp = Path(tempfile.mkdtemp(prefix="distil-bench-"))
     try:
