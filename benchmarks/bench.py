@@ -17,8 +17,11 @@ no warm-up, seed 0:
      (pad to each micro-batch's longest row), its defaults otherwise (fused AdamW), in bf16 wherever d runs in bf16
      (GPUs, CPUs with native bf16), no evaluation, logging and saving off.
   c  the kit (``distil_kit.engine.finetune``) at FlagPerf's settings (fast=False).
-  d  the kit's fast mode (fast=True): on a GPU each step as one micro-batch of 256 (or the largest part of it that
-     fits, micro_batch.py), on a CPU as 8 micro-batches sorted by length within the step (see resolve.py).
+  d  the kit's fast mode padded (fast=True, packing=False): on a GPU each step as one micro-batch of 256 (or the
+     largest part of it that fits, micro_batch.py), on a CPU as 8 micro-batches sorted by length within the step
+     (see resolve.py).
+  p  the kit's fast mode packed (its default for DistilBERT: whole sentences end to end, packing.py), the same steps.
+  q  a bare loop, as e, over exactly p's packed batches.
   e  the practical limit: a bare PyTorch loop (no records, no checks, no data loading: the batches are collated
      and on the device before the clock starts) over exactly d's batches, with d's precision and optimizer.
 
@@ -90,7 +93,7 @@ from common import (  # noqa: E402
 from measure import Contention, PeakMemory, environment, matmul_tflops, sync, trim_heap  # noqa: E402
 
 from distil_kit.errors import KitError  # noqa: E402
-from distil_kit.resolve import fast_precision, resolve_device  # noqa: E402
+from distil_kit.resolve import resolve_config, resolve_device  # noqa: E402
 
 VARIANTS = {
     "a": "FlagPerf as it ran (pad 512, 32 x 8)",
@@ -442,8 +445,10 @@ def benchmark(args) -> pd.DataFrame:
     dev_rows = args.dev_rows or (32 if args.tiny else None)
     variants = parse_variants(args.variants)
     fast_set, fast_cfg = fast_settings(args.fast_set)
+    if "packing" in fast_set:
+        raise BenchError("--fast-set packing: the benchmark sets it, d padded and p packed; run both variants")
     # b in bf16 exactly where d runs in bf16 (the kit's own resolution), so no ratio rests on precision alone
-    fast_bf16 = (fast_cfg.precision or fast_precision(device)) == "bf16"
+    fast_bf16 = resolve_config(fast_cfg.replace(packing=False), device).precision == "bf16"  # reads no model
     tokenizer = args.tokenizer or minilm_folder()
     tmp = Path(tempfile.mkdtemp(prefix="distil-bench-"))
     try:

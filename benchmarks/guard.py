@@ -12,7 +12,7 @@ The CSV (one row per run, with the paired differences and the verdict) goes to b
 
 Examples:
   python benchmarks/guard.py --seeds 0,1,2                        # full SST-2, MiniLM, three seeds
-  python benchmarks/guard.py --rows 4000 --fast-set bucket_batches=false
+  python benchmarks/guard.py --rows 4000 --fast-set packing=false
 """
 
 from __future__ import annotations

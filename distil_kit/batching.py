@@ -89,7 +89,7 @@ class PackCollate:
     padding), ``position_ids`` from 0 in each sentence, ``starts`` each sentence's first token as a flat index
     into [R * width]; ``labels``, ``idx`` and ``weight`` per sentence, in the rows' order.
 
-    With ``rows`` and ``sentences`` every batch has that shape (``fixed``): empty rows after the packed ones, and
+    With ``rows`` and ``sentences`` every batch has that one shape: empty rows after the packed ones, and
     filler sentences after the real ones (weight 0, idx -1, reading the first token), so one CUDA graph serves
     every step of a run, its short last step included."""
 

@@ -67,7 +67,7 @@ class RunConfig:
     resume: bool = _p(False, "continue the unfinished run in output_dir from its last checkpoint")
     overwrite: bool = _p(False, "replace a run already in output_dir")
     fast: bool = _p(
-        False, "turn on bucketed batches, pad to 8, fused AdamW, native bf16 and CUDA graphs where they apply"
+        False, "turn on packing (else batches bucketed and padded to 8), fused AdamW, native bf16, CUDA graphs"
     )
     flagperf_exact: bool = _p(
         False, "FlagPerf's own computation, bit for bit (docs/recipe.md); false: the kit's recipe"

@@ -498,6 +498,7 @@ def finetune(
         fit_micro = cfg.micro_batch_size is None and fuses_steps(cfg, device)
         cfg = resolve_config(cfg, device, world.size, say=print if world.main else lambda _: None)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
+        # (a fast run's was checked already, resolving packing from the model's family)
         out = Path(cfg.output_dir)
         records.check_folder_path(out, "output_dir")
         # one process per run folder; the run's CPU threads (resolve_config: torch's choice unless set)

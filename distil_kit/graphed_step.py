@@ -2,11 +2,12 @@
 
 At 13-token sentences and batch 32 a step is several hundred small kernels: launched one by one from Python, the
 GPU spends most of the step waiting for the host. A captured graph launches them all at once. Shapes are few
-(the batch size times widths padded to a multiple of 8, up to the longest sentence) and known before training from
-the seeded order, so each is captured when the training clock starts (``engine.Trainer.capture_ahead``), after
-warm-up steps that run every lazy initialisation (cuBLAS handles, compilation, the optimizer's
-state) outside the capture. Warm-up steps change the weights, so the weights, the optimizer state and the CUDA RNG
-are put back as they were before capturing: the run trains the steps it would without graphs (shown equal to float
+(padded: the batch size times widths padded to a multiple of 8, up to the longest sentence; packed: one for the
+whole run, ``batching.train_loader``) and known before training from the seeded order, so each is captured when the
+training clock starts (``engine.Trainer.capture_ahead``), after warm-up steps that run every lazy initialisation
+(cuBLAS handles, compilation, the optimizer's state) outside the capture. Warm-up steps change the weights, so the
+weights, the optimizer state and the CUDA RNG are put back as they were before capturing: the run trains the steps
+it would without graphs (shown equal to float
 tolerance in fp32; in bf16 the attention kernel and the autocast cache differ from an eager run's). The copy of that
 state (about 0.8 GB for DistilBERT's weights and AdamW moments) is on the GPU while a shape is captured, and counts in
 the run's peak memory.
