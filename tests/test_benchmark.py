@@ -288,3 +288,10 @@ def test_results_folder_documents_every_file_it_holds():
         if re.match(r"(bench|accuracy-guard|guard)-", name):
             assert (RESULTS / name).is_file(), f"README names {name}, which is not in benchmarks/results/"
     assert not re.search(r"\bissue\b|#\d", readme, re.I)
+
+
+def test_the_benchmark_refuses_to_set_what_its_variants_differ_in(tmp_path, sst2_dir, tiny_model):
+    command = [sys.executable, str(BENCH), "--tiny", "--fast-set", "packing=false", "--data", str(sst2_dir)]
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--fast-set packing: the benchmark sets it, d padded and p packed" in done.stderr
+    assert not list(tmp_path.glob("*.csv"))
