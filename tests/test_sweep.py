@@ -2,17 +2,19 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from distil_kit import Callback, RunConfig, checkpoint, sweep
+from distil_kit import Callback, RunConfig, checkpoint, engine, sweep, trackers
 from distil_kit.engine import RunInterrupted
 from distil_kit.errors import KitError
 from distil_kit.records import Run
@@ -115,6 +117,10 @@ def test_the_sweep_record_summarizes_the_seeds():
     }
 
 
+def test_the_pass_rates_interval_is_given_to_four_places():
+    assert sweep.sweep_record(TABLE.iloc[:3], 0.9)["pass_rate_interval"] == [0.2077, 0.9385]  # 2 of 3: 0.20766, ...
+
+
 def test_a_one_seed_sweep_records_no_spread():
     assert sweep.sweep_record(TABLE.iloc[[1]], 0.9) == {
         "seeds": [1],
@@ -212,6 +218,69 @@ def test_seeds_at_once_refuse_bad_counts_and_callbacks(config, tmp_path):
         with pytest.raises(KitError, match=r"parameter 'concurrent'=2: seeds trained at once take no callbacks"):
             sweep.run_sweep(cfg, seeds, concurrent=2, callbacks=[Callback()])
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture
+def trained_elsewhere(whole, monkeypatch):
+    """Training replaced by copies of ``whole``'s finished runs; each call noted: ("at once", seeds, concurrent) for
+    ``concurrent_seeds``, ("here", seed, callbacks) for a run in this process, ("parent", folder name, seeds) and
+    ("record", seeds, files) for the sweep's MLflow parent run."""
+    calls = []
+
+    def finished(cfg):
+        shutil.copytree(whole[0] / f"seed-{cfg.seed}", cfg.output_dir, dirs_exist_ok=True)
+
+    def at_once(configs, concurrent):
+        calls.append(("at once", [c.seed for c in configs], concurrent))
+        for cfg in configs:
+            finished(cfg)
+
+    def here(cfg, callbacks=(), progress=None):
+        calls.append(("here", cfg.seed, list(callbacks)))
+        finished(cfg)
+
+    @contextmanager
+    def parent(config, seeds):
+        calls.append(("parent", Path(config.output_dir).name, seeds))
+        yield lambda record, files: calls.append(("record", record["seeds"], [Path(f).name for f in files]))
+
+    monkeypatch.setattr(sweep, "concurrent_seeds", at_once)
+    monkeypatch.setattr(engine, "finetune", here)
+    monkeypatch.setattr(trackers, "sweep_parent", parent)
+    return calls
+
+
+def test_seeds_go_to_processes_of_their_own_while_two_or_more_are_left(config, whole, tmp_path, trained_elsewhere):
+    calls, marker = trained_elsewhere, Callback()
+    table = sweep.run_sweep(config.replace(output_dir=str(tmp_path / "two"), target_acc=0.48), [0, 1], concurrent=2)
+    assert calls == [("at once", [0, 1], 2)] and table.seed.tolist() == [0, 1]
+    reached = sweep.seed_table([Run(whole[0] / f"seed-{seed}") for seed in (0, 1)], 0.48).epochs_to_target
+    assert table.epochs_to_target.tolist() == reached.tolist() and reached.notna().any()  # the run's own target
+    calls.clear()
+    shutil.copytree(whole[0] / "seed-0", tmp_path / "one" / "seed-0")  # finished: one seed left
+    one = config.replace(output_dir=str(tmp_path / "one"), target_acc=0.48)
+    sweep.run_sweep(one, [0, 1], callbacks=[marker], concurrent=3)
+    assert calls == [("here", 1, [marker])]
+    two, one = (pd.read_csv(tmp_path / name / "sweep.csv").drop(columns="run") for name in ("two", "one"))
+    pd.testing.assert_frame_equal(two, one)  # the same seeds' runs, however they trained
+
+
+@pytest.mark.parametrize(
+    "report_to, rank, parented",
+    [(["mlflow"], None, True), (["mlflow"], "0", True), (["mlflow"], "1", False), (["tensorboard"], None, False)],
+)
+def test_a_sweep_reported_to_mlflow_is_one_parent_run_on_rank_0(
+    config, tmp_path, trained_elsewhere, monkeypatch, report_to, rank, parented
+):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    sweep.run_sweep(config.replace(output_dir=str(tmp_path / "s"), report_to=report_to), [2, 0])
+    expected = [("here", 2, []), ("here", 0, [])]
+    if parented:  # around the seeds' runs, finished with the record and its two files
+        expected = [("parent", "s", [2, 0]), *expected, ("record", [2, 0], ["sweep.csv", "sweep.json"])]
+    assert trained_elsewhere == expected
 
 
 def test_seeds_trained_at_once_log_beside_their_run_folders(tmp_path):
