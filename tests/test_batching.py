@@ -242,7 +242,7 @@ def test_each_batch_shape_a_run_will_train_is_known_ahead():
             sampler.set_epoch(epoch, skip=skip if epoch == epochs.start else 0)
             for batch in loader:
                 seen.setdefault(shape(batch), batch)
-        ahead = batches_of_each_shape(loader, epochs, skip=skip)
+        ahead = batches_of_each_shape(loader, epochs, skip=skip) if skip else batches_of_each_shape(loader, epochs)
         assert [shape(b) for b in ahead] == list(seen)
         assert all(torch.equal(a.idx, b.idx) for a, b in zip(ahead, seen.values(), strict=True))
         assert (sampler.epoch, sampler.skip) == (epochs.start, skip)

@@ -37,6 +37,7 @@ def test_score_leaves_equivalent_mutants_out_and_counts_untested_ones_as_survivo
         "distil_kit.stats.x_a__mutmut_1": "killed",
         "distil_kit.stats.x_a__mutmut_2": "killed",
         "distil_kit.stats.x_a__mutmut_3": "survived",  # equivalent, below
+        "distil_kit.stats.x_a__mutmut_4": "killed",  # named equivalent below, yet killed: the name moved
         "distil_kit.stats.x_b__mutmut_1": "no tests",
         "distil_kit.stats.x_b__mutmut_2": "timeout",
         "distil_kit.stats.x_c__mutmut_1": "survived",  # not counted: outside the pattern
@@ -46,14 +47,15 @@ def test_score_leaves_equivalent_mutants_out_and_counts_untested_ones_as_survivo
         "stats",
         ["distil_kit.stats.x_a__*", "distil_kit.stats.x_b__*"],
         status,
-        {"distil_kit.stats.x_a__mutmut_3": "why"},
+        {"distil_kit.stats.x_a__mutmut_3": "why", "distil_kit.stats.x_a__mutmut_4": "why"},
     )
-    assert (row["mutants"], row["killed"], row["equivalent"]) == (5, 2, 1)
+    assert (row["mutants"], row["killed"], row["equivalent"]) == (6, 2, 2)
+    assert row["misnamed"] == ["distil_kit.stats.x_a__mutmut_4"]
     assert row["survived"] == ["distil_kit.stats.x_b__mutmut_1"] and row["other"] == [
         "distil_kit.stats.x_b__mutmut_2"
     ]
     assert row["score"] == pytest.approx(2 / 4)
-    assert "| `stats` | 5 | 2 | 1 | 1 | 1 | 50.0% |" in mutation.table([row])
+    assert "| `stats` | 6 | 2 | 2 | 1 | 1 | 50.0% |" in mutation.table([row])
 
 
 def test_a_module_runs_in_its_own_copy_configured_for_it_alone(tmp_path, monkeypatch):
