@@ -34,8 +34,9 @@ def fast_precision(device: torch.device) -> str:
 
 
 def fuses_steps(cfg: RunConfig, device: torch.device) -> bool:
-    """Whether ``micro_batch_size`` null means the whole step: the fast path on a GPU (see ``resolve_config``)."""
-    return cfg.fast and device.type == "cuda"
+    """Whether ``micro_batch_size`` null means the whole step: the fast path on a GPU, or packed on any device
+    (see ``resolve_config``; ``cfg.packing`` resolved)."""
+    return cfg.fast and (device.type == "cuda" or bool(cfg.packing))
 
 
 def resolve_packing(cfg: RunConfig, model: str, say=print) -> bool:
@@ -63,11 +64,13 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1, sa
     packed = resolve_packing(cfg, model, say)
     precision = cfg.precision or (fast_precision(device) if cfg.fast else "fp32")
     # Fused accumulation: on a GPU the fast path trains each optimizer step's rows as one micro-batch (one launch,
-    # or one graph replay, per step; the same mean loss). A CPU's time follows the padded tokens, and one
-    # micro-batch pads every row of the step to its longest: there the step's rows, sorted by length into
-    # micro-batches of train_batch_size (bucket_batches), train faster.
+    # or one graph replay, per step; the same mean loss). A CPU's time follows the computed tokens: padded, one
+    # micro-batch pads every row of the step to its longest, so there the step's rows, sorted by length into
+    # micro-batches of train_batch_size (bucket_batches), train faster; packed, the step's rows fill its packed
+    # rows as well in one micro-batch as in several, and a few large matrix products beat many small ones.
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    micro = cfg.micro_batch_size or (step_rows if fuses_steps(cfg, device) else cfg.train_batch_size)
+    fused = fuses_steps(cfg.replace(packing=packed), device)
+    micro = cfg.micro_batch_size or (step_rows if fused else cfg.train_batch_size)
     accumulation = step_rows // micro
     graphs_fit = graphed_step.graphs_fit(device, world_size, accumulation, precision, cfg.num_workers)
     resolved = cfg.replace(

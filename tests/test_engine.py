@@ -624,7 +624,11 @@ def test_cuda_graphs_default_only_where_a_step_can_be_captured():
     # fused accumulation: FlagPerf's 32 x 8 trained as one micro-batch of 256, which a graph can capture
     fused = resolve_config(fast.replace(gradient_accumulation_steps=8), cuda)
     assert fused.micro_batch_size == 256 and fused.cuda_graphs
-    # a CPU pads by the micro-batch: the step's rows sorted into micro-batches of train_batch_size
-    assert resolve_config(fast.replace(gradient_accumulation_steps=8), torch.device("cpu")).micro_batch_size == 32
+    # a CPU pads by the micro-batch: the step's rows sorted into micro-batches of train_batch_size; packed, one
+    cpu = torch.device("cpu")
+    assert resolve_config(fast.replace(gradient_accumulation_steps=8), cpu).micro_batch_size == 32
+    packed = resolve_config(fast.replace(gradient_accumulation_steps=8, packing=True), cpu)
+    assert packed.micro_batch_size == 256 and not packed.cuda_graphs
+    assert resolve_config(packed.replace(micro_batch_size=None, fast=False), cpu).micro_batch_size == 32
     with pytest.raises(KitError, match="num_workers 0 .* num_workers 2"):
         resolve_config(fast.replace(cuda_graphs=True, num_workers=2), cuda)

@@ -143,6 +143,8 @@ def test_a_packed_run_trains_and_scores_as_the_padded_run(still_model, sst2_dir,
     padded = finetune(RunConfig.from_dict({**common, "output_dir": str(tmp_path / "padded"), "packing": False}))
     packed = finetune(RunConfig.from_dict({**common, "output_dir": str(tmp_path / "packed"), "packing": True}))
     assert packed.config["packing"] and not packed.config["bucket_batches"]
+    # on a CPU the packed step is one micro-batch, the padded one its rows sorted into micro-batches of 32
+    assert (packed.config["micro_batch_size"], padded.config["micro_batch_size"]) == (64, 32)
     assert packed.steps.lr.tolist() == padded.steps.lr.tolist()
     assert packed.steps.loss.tolist() == pytest.approx(padded.steps.loss.tolist(), rel=1e-5)
     assert packed.predictions.pred.tolist() == padded.predictions.pred.tolist()
