@@ -20,7 +20,8 @@ no warm-up, seed 0:
   d  the kit's fast mode padded (fast=True, packing=False): on a GPU each step as one micro-batch of 256 (or the
      largest part of it that fits, micro_batch.py), on a CPU as 8 micro-batches sorted by length within the step
      (see resolve.py).
-  p  the kit's fast mode packed (its default for DistilBERT: whole sentences end to end, packing.py), the same steps.
+  p  the kit's fast mode packed (its default for DistilBERT: whole sentences end to end, packing.py), the same steps,
+     each as one micro-batch (on a CPU too).
   q  a bare loop, as e, over exactly p's packed batches.
   e  the practical limit: a bare PyTorch loop (no records, no checks, no data loading: the batches are collated
      and on the device before the clock starts) over exactly d's batches, with d's precision and optimizer.
