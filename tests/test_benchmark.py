@@ -295,3 +295,29 @@ def test_the_benchmark_refuses_to_set_what_its_variants_differ_in(tmp_path, sst2
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--fast-set packing: the benchmark sets it, d padded and p packed" in done.stderr
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_every_step_layout_trains_the_same_rows_per_step_and_packing_computes_the_fewest_tokens():
+    spec = importlib.util.spec_from_file_location("step_layout", ROOT / "benchmarks" / "step_layout.py")
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    from distil_kit.data import Split
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=600)  # 3 steps of 256, the last short
+    mask = (np.arange(64)[None, :] < lengths[:, None]).astype(np.int64)
+    split = Split(np.arange(600), np.array(["x"] * 600), np.zeros(600, dtype=np.int64), mask * 1000, mask)
+    per_real, rows = {}, {}
+    for name, (micro, packed) in layout.LAYOUTS.items():
+        steps = layout.layout_steps(split, micro, packed)
+        assert [len(step) for step in steps] == [256 // micro] * 2 + [-(-88 // micro)], name
+        rows[name] = [sorted(int(i) for b in step for i in b.idx if i >= 0) for step in steps]
+        per_real[name] = layout.padded_per_real(steps)
+        if name == "padded, 8 sorted micro-batches of 32":  # sorted by length within the step
+            for step in steps:
+                spans = [(lengths[b.idx].min(), lengths[b.idx].max()) for b in step]
+                assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+        assert len(layout.layout_steps(split, micro, packed, n_steps=2)) == 2
+    first = next(iter(rows.values()))
+    assert all(r == first for r in rows.values()) and sorted(sum(first, [])) == list(range(600))
+    one_padded, sorted_padded, packed_8, packed_1 = per_real.values()
+    assert one_padded > sorted_padded > packed_8 > packed_1 >= 1.0
