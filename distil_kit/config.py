@@ -44,8 +44,9 @@ class RunConfig:
     gradient_accumulation_steps: int = _p(1, "micro-batches per optimizer step")
     micro_batch_size: int | None = _p(
         None,
-        "rows per forward/backward, dividing a step's; null (auto): fast on a GPU, or packed, the whole step (on a "
-        "GPU the largest half, quarter, ... of it that fits in memory); else train_batch_size",
+        "rows per forward/backward, dividing a step's; null (auto): fast on a GPU, or fast and packed on any device, "
+        "the whole step (on a GPU the largest half, quarter, ... of it that fits in memory; on a CPU set it if a "
+        "step's rows do not fit); else train_batch_size",
     )
     target_acc: float | None = _p(0.91, "stop once dev accuracy reaches this; null: never stop early")
     seed: int = _p(0, "seed for initialisation, data order and dropout")

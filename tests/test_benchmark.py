@@ -297,10 +297,15 @@ def test_the_benchmark_refuses_to_set_what_its_variants_differ_in(tmp_path, sst2
     assert not list(tmp_path.glob("*.csv"))
 
 
-def test_every_step_layout_trains_the_same_rows_per_step_and_packing_computes_the_fewest_tokens():
+def _step_layout():
     spec = importlib.util.spec_from_file_location("step_layout", ROOT / "benchmarks" / "step_layout.py")
-    layout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_step_layout_trains_the_same_rows_per_step_and_packing_computes_the_fewest_tokens():
+    layout = _step_layout()
     from distil_kit.data import Split
 
     lengths = np.random.default_rng(0).integers(3, 60, size=600)  # 3 steps of 256, the last short
@@ -311,13 +316,33 @@ def test_every_step_layout_trains_the_same_rows_per_step_and_packing_computes_th
         steps = layout.layout_steps(split, micro, packed)
         assert [len(step) for step in steps] == [256 // micro] * 2 + [-(-88 // micro)], name
         rows[name] = [sorted(int(i) for b in step for i in b.idx if i >= 0) for step in steps]
+        # each step's loss is the mean over its rows, however they are laid out
+        assert [float(sum(b.weight.sum() for b in step)) for step in steps] == pytest.approx([1.0] * 3), name
         per_real[name] = layout.padded_per_real(steps)
         if name == "padded, 8 sorted micro-batches of 32":  # sorted by length within the step
             for step in steps:
                 spans = [(lengths[b.idx].min(), lengths[b.idx].max()) for b in step]
                 assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
-        assert len(layout.layout_steps(split, micro, packed, n_steps=2)) == 2
+        first_two = layout.layout_steps(split, micro, packed, n_steps=2)
+        assert [[b.idx.tolist() for b in step] for step in first_two] == [
+            [b.idx.tolist() for b in s] for s in steps[:2]
+        ]
     first = next(iter(rows.values()))
     assert all(r == first for r in rows.values()) and sorted(sum(first, [])) == list(range(600))
     one_padded, sorted_padded, packed_8, packed_1 = per_real.values()
     assert one_padded > sorted_padded > packed_8 > packed_1 >= 1.0
+
+
+@pytest.mark.slow
+def test_step_layout_times_every_layout(sst2_dir, tiny_model):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_layout.py"), "--data", str(sst2_dir)]
+        + ["--model", str(tiny_model), "--steps", "1", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    timed = re.findall(r"^  (.+): ([\d.]+) samples/s$", done.stdout, re.M)
+    assert [name for name, _ in timed] == list(_step_layout().LAYOUTS) and all(float(v) > 0 for _, v in timed)
+    assert "packed, one micro-batch of 256: 1.0" in done.stdout  # SST-2 packs to about one computed token per real

@@ -13,7 +13,7 @@ from distil_kit.data import load_sst2
 from distil_kit.errors import KitError
 from distil_kit.packing import PackedClassifier, bins, pack_width
 from distil_kit.preprocess import tokenize
-from distil_kit.resolve import resolve_packing
+from distil_kit.resolve import resolve_config, resolve_packing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,6 +179,15 @@ def test_packing_is_the_fast_default_for_the_families_it_knows(tiny_model, still
         assert resolve_packing(cfg, str(model), said.append) is packed, (model, fast, packing)
     known = "packing knows distilbert and bert"
     assert said == [f"packing: off ({roberta} is a roberta model; {known}): it trains padded"]
+    # on a CPU the default packed step is one micro-batch; padded (another family) its micro-batches of 32
+    step = {"fast": True, "gradient_accumulation_steps": 2, "output_dir": "unused"}
+
+    def micro(model, **extra):
+        cfg = RunConfig.from_dict({**step, "model": str(model), **extra})
+        return resolve_config(cfg, torch.device("cpu"), say=said.append).micro_batch_size
+
+    assert micro(tiny_model) == micro(still_bert) == 64 and micro(roberta) == 32
+    assert micro(tiny_model, micro_batch_size=16) == 16 and micro(tiny_model, fast=False, packing=True) == 32
 
 
 def test_packing_refuses_a_model_family_it_does_not_know(tmp_path, roberta, sst2_dir, capsys):
