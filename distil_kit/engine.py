@@ -497,7 +497,7 @@ def finetune(
         auto_micro = cfg.micro_batch_size is None  # a resumed run keeps its own
         cfg = resolve_config(cfg, device, world.size, say=print if world.main else lambda _: None)
         # micro_batch_size auto and fused on a GPU: the whole step if it fits in the device's memory
-        fit_micro = auto_micro and device.type == "cuda" and fuses_steps(cfg, device)
+        fit_micro = auto_micro and device.type == "cuda" and fuses_steps(cfg, device, cfg.packing)
         model_folder(cfg.model)  # a missing folder, or one without weights or config, fails before data loading
         # (a fast run's was checked already, resolving packing from the model's family)
         out = Path(cfg.output_dir)

@@ -33,10 +33,10 @@ def fast_precision(device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
-def fuses_steps(cfg: RunConfig, device: torch.device) -> bool:
-    """Whether ``micro_batch_size`` null means the whole step: the fast path on a GPU, or packed on any device
-    (see ``resolve_config``; ``cfg.packing`` resolved)."""
-    return cfg.fast and (device.type == "cuda" or bool(cfg.packing))
+def fuses_steps(cfg: RunConfig, device: torch.device, packed: bool) -> bool:
+    """Whether ``micro_batch_size`` null means the whole step: the fast path on a GPU, or packed (``packed``:
+    the resolved ``packing``) on any device (see ``resolve_config``)."""
+    return cfg.fast and (device.type == "cuda" or packed)
 
 
 def resolve_packing(cfg: RunConfig, model: str, say=print) -> bool:
@@ -69,8 +69,7 @@ def resolve_config(cfg: RunConfig, device: torch.device, world_size: int = 1, sa
     # micro-batches of train_batch_size (bucket_batches), train faster; packed, the step's rows fill its packed
     # rows as well in one micro-batch as in several, and a few large matrix products beat many small ones.
     step_rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
-    fused = fuses_steps(cfg.replace(packing=packed), device)
-    micro = cfg.micro_batch_size or (step_rows if fused else cfg.train_batch_size)
+    micro = cfg.micro_batch_size or (step_rows if fuses_steps(cfg, device, packed) else cfg.train_batch_size)
     accumulation = step_rows // micro
     graphs_fit = graphed_step.graphs_fit(device, world_size, accumulation, precision, cfg.num_workers)
     resolved = cfg.replace(
